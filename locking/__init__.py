@@ -1,0 +1,42 @@
+"""A Redlock over independent Redis nodes: fast, fenced, and honest about failures.
+
+redlock = Redlock(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
+with redlock.lock("sku:42", ttl_ms=5000) as lease:
+    ...  # lease.check() before a commit that must be exclusive
+"""
+
+from locking.address import NodeAddress, redact_url
+from locking.errors import (
+    ConfigurationError,
+    ExtensionLimitReached,
+    LeaseLost,
+    LockContended,
+    LockError,
+    NodeError,
+    NotAcquired,
+    QuorumUnavailable,
+)
+from locking.lease import Lease, ReleaseOutcome
+from locking.redlock import Redlock
+from locking.timing import NO_RETRY, RetryPolicy, drift_ms, quorum, validity_ms
+
+__all__ = [
+    "NO_RETRY",
+    "ConfigurationError",
+    "ExtensionLimitReached",
+    "Lease",
+    "LeaseLost",
+    "LockContended",
+    "LockError",
+    "NodeAddress",
+    "NodeError",
+    "NotAcquired",
+    "QuorumUnavailable",
+    "Redlock",
+    "ReleaseOutcome",
+    "RetryPolicy",
+    "drift_ms",
+    "quorum",
+    "redact_url",
+    "validity_ms",
+]

@@ -1,0 +1,111 @@
+"""Where a lock node lives and how to log in: parsed from a redis URL or a redis-py client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from locking.errors import ConfigurationError
+
+_CERT_REQS = ("none", "optional", "required")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeAddress:
+    """One Redis lock node.
+
+    :param host: host name or address.
+    :param port: TCP port.
+    :param db: logical database number.
+    :param username: ACL user, or None for the default user.
+    :param password: the password; never shown in ``repr`` or logs.
+    :param tls: connect with TLS (``rediss://``).
+    :param ssl_ca_certs: CA bundle to verify the node's certificate.
+    :param ssl_cert_reqs: ``none``, ``optional`` or ``required``.
+    :param ssl_certfile: client certificate, for mutual TLS.
+    :param ssl_keyfile: client key, for mutual TLS.
+    """
+
+    host: str
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ssl_ca_certs: str | None = None
+    ssl_cert_reqs: str = "required"
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        """Return ``host:port``, the form used in logs and errors."""
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_url(cls, url: str) -> NodeAddress:
+        """Parse ``redis://[user[:password]@]host[:port][/db][?ssl_ca_certs=...]``."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ConfigurationError(
+                f"lock node URL must start with redis:// or rediss://, got {redact_url(url)!r}"
+            )
+        if not parts.hostname:
+            raise ConfigurationError(f"lock node URL has no host: {redact_url(url)!r}")
+        query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+        cert_reqs = query.get("ssl_cert_reqs", "required").lower()
+        if cert_reqs not in _CERT_REQS:
+            raise ConfigurationError(
+                f"ssl_cert_reqs must be one of {_CERT_REQS}, got {cert_reqs!r}"
+            )
+        try:
+            port = parts.port or 6379
+            db = int(parts.path.lstrip("/") or query.get("db", "0"))
+        except ValueError:
+            raise ConfigurationError(f"bad port or db in {redact_url(url)!r}") from None
+        return cls(
+            host=parts.hostname,
+            port=port,
+            db=db,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=parts.scheme == "rediss",
+            ssl_ca_certs=query.get("ssl_ca_certs"),
+            ssl_cert_reqs=cert_reqs,
+            ssl_certfile=query.get("ssl_certfile"),
+            ssl_keyfile=query.get("ssl_keyfile"),
+        )
+
+    @classmethod
+    def from_client(cls, client: Any) -> NodeAddress:
+        """Read the address of a ``redis.Redis`` client without using its connections."""
+        try:
+            kwargs = client.connection_pool.connection_kwargs
+        except AttributeError:
+            raise ConfigurationError(f"not a redis.Redis client: {client!r}") from None
+        if "path" in kwargs:
+            raise ConfigurationError("unix-socket clients are not supported as lock nodes")
+        connection_class = getattr(client.connection_pool, "connection_class", None)
+        cert_reqs = kwargs.get("ssl_cert_reqs", "required")
+        return cls(
+            host=kwargs.get("host", "localhost"),
+            port=int(kwargs.get("port", 6379)),
+            db=int(kwargs.get("db", 0)),
+            username=kwargs.get("username"),
+            password=kwargs.get("password"),
+            tls="SSL" in getattr(connection_class, "__name__", ""),
+            ssl_ca_certs=kwargs.get("ssl_ca_certs"),
+            ssl_cert_reqs=cert_reqs if isinstance(cert_reqs, str) else "required",
+            ssl_certfile=kwargs.get("ssl_certfile"),
+            ssl_keyfile=kwargs.get("ssl_keyfile"),
+        )
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with its password masked, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

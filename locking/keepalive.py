@@ -1,0 +1,55 @@
+"""Auto-extension of a lease for long critical sections, with a loud lost signal."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from locking.errors import LockError
+
+if TYPE_CHECKING:
+    from locking.lease import Lease
+    from locking.redlock import Redlock
+
+logger = logging.getLogger(__name__)
+
+
+class KeepAlive:
+    """Extends one lease every third of its TTL until stopped or until it fails.
+
+    On failure the lease is marked lost: ``lease.lost`` is set (an event the holder
+    can wait on) and ``lease.check()`` raises from then on.
+
+    :param redlock: the lock that granted the lease.
+    :param lease: the lease to keep alive.
+    """
+
+    def __init__(self, redlock: Redlock, lease: Lease) -> None:
+        self._redlock = redlock
+        self._lease = lease
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"redlock-keepalive-{lease.token[:8]}", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start extending in a background thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop extending and wait for the thread to finish its current round."""
+        self._stopped.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        lease = self._lease
+        interval_s = lease.ttl_ms / 3000.0
+        while not self._stopped.wait(interval_s):
+            try:
+                self._redlock.extend(lease)
+            except LockError as error:
+                # extend() already marked the lease lost; say so once, loudly.
+                logger.error("Auto-extension of lease %r stopped: %s", lease.token[:8], error)
+                return

@@ -1,0 +1,381 @@
+"""Redlock over N independent Redis nodes, per the Redis distlock spec, with fencing.
+
+A lease is granted when a majority ``N // 2 + 1`` of the *configured* nodes set
+every key of the lease to a fresh 128-bit token with ``NX`` and a TTL, and the
+time left (TTL - elapsed - drift) is still positive. Every round sends to all
+nodes before reading any reply (`locking.fanout`), waits for all of them (or
+the read timeout), and never returns at quorum: a late grant is therefore never
+left behind by a release, and a failed attempt releases on every node at once.
+
+Fencing tokens
+--------------
+``acquire(..., fence=True)`` also returns ``lease.fence``, an integer strictly
+greater than the fence of every earlier fenced lease that covered any of the
+same resources. Each node keeps a counter per resource (key ``fence_prefix +
+resource``, no TTL). The acquire script returns, with the grant, the highest
+counter among the lease's resources on that node; the client takes the maximum
+over the granting nodes plus one, and writes it back with a second script that
+only writes while the node still holds the lease's token, on a majority of nodes,
+before the lease is handed out. Why it is monotonic: a later lease's grant
+majority shares at least one node with the earlier lease's write-back majority,
+and on that node the later grant could only happen after the earlier token was
+gone, i.e. after its write-back, so the later lease reads a counter >= the
+earlier fence. Assumptions: no majority of nodes loses its counters (persist the
+lock nodes with AOF, or restart a node that lost its data only after the maximum
+TTL and never with an older counter), and nothing else writes those keys. Cost:
+one extra round trip per fenced acquisition. Store the fence next to the data it
+guards and refuse writes with a smaller one: that is what makes a paused,
+expired holder harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from locking.address import NodeAddress, redact_url
+from locking.errors import (
+    ConfigurationError,
+    ExtensionLimitReached,
+    LeaseLost,
+    LockContended,
+    NodeError,
+    QuorumUnavailable,
+)
+from locking.fanout import Suspects, fan_out
+from locking.keepalive import KeepAlive
+from locking.lease import Lease, ReleaseOutcome
+from locking.node import Node
+from locking.protocol import encode_command
+from locking.scripts import (
+    ACQUIRE_FENCED,
+    ACQUIRE_MANY,
+    COMMIT_FENCE,
+    EXTEND,
+    RELEASE,
+    Script,
+)
+from locking.timing import RetryPolicy, drift_ms, quorum, validity_ms
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+NodeSpec = str | NodeAddress | Any
+_DEFAULT_RETRY = RetryPolicy()
+
+
+class Redlock:
+    """A distributed lock over independent Redis nodes.
+
+    :param nodes: redis URLs (``redis://``, ``rediss://``, with user/password),
+        `NodeAddress` objects or ``redis.Redis`` clients (only their address is used).
+    :param key_prefix: prefix of the lock keys.
+    :param fence_prefix: prefix of the fence counter keys.
+    :param connect_timeout_ms: bound on connecting to one node, login included.
+    :param read_timeout_ms: bound on waiting for the replies of one round.
+    :param suspect_ms: how long a node that timed out is skipped by acquisitions.
+    :param retry: the default retry policy of `acquire`.
+    :param max_extensions: how often one lease may be extended.
+    :param allow_fewer_than_three: accept 1 or 2 nodes (development only: one
+        node failing then loses the lock).
+    :param clock: monotonic clock in seconds, injectable for tests.
+    :param sleep: sleep function in seconds, injectable for tests.
+    :param rng: random source for backoff jitter.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeSpec],
+        *,
+        key_prefix: str = "redlock:",
+        fence_prefix: str = "redlock-fence:",
+        connect_timeout_ms: float = 50.0,
+        read_timeout_ms: float = 50.0,
+        suspect_ms: float = 1000.0,
+        retry: RetryPolicy = _DEFAULT_RETRY,
+        max_extensions: int = 10,
+        allow_fewer_than_three: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        addresses = [_address(node) for node in nodes]
+        if not addresses:
+            raise ConfigurationError("Redlock needs at least one node")
+        if len(addresses) < 3 and not allow_fewer_than_three:
+            raise ConfigurationError(
+                f"Redlock needs at least 3 independent nodes, got {len(addresses)}; "
+                "pass allow_fewer_than_three=True for development only"
+            )
+        names = [address.name for address in addresses]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"lock nodes must be distinct, got {names!r}")
+        if min(connect_timeout_ms, read_timeout_ms) <= 0 or max_extensions < 0:
+            raise ConfigurationError("timeouts must be positive and max_extensions >= 0")
+        self._nodes = [
+            Node(address, connect_timeout_s=connect_timeout_ms / 1000, suspect_s=suspect_ms / 1000)
+            for address in addresses
+        ]
+        self._quorum = quorum(len(self._nodes))
+        self._key_prefix = key_prefix
+        self._fence_prefix = fence_prefix
+        self._read_timeout_s = read_timeout_ms / 1000
+        self._retry = retry
+        self._max_extensions = max_extensions
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        # Node connections are not thread-safe; a keep-alive thread shares them.
+        self._io_lock = threading.Lock()
+
+    @property
+    def node_names(self) -> list[str]:
+        """The ``host:port`` of every configured node."""
+        return [node.name for node in self._nodes]
+
+    @property
+    def quorum(self) -> int:
+        """How many nodes must agree for a grant."""
+        return self._quorum
+
+    def acquire(
+        self,
+        resources: str | Sequence[str],
+        *,
+        ttl_ms: int,
+        fence: bool = False,
+        retry: RetryPolicy | None = None,
+    ) -> Lease:
+        """Acquire one lease over every resource, retrying with jittered backoff.
+
+        :param resources: one resource name or several (all-or-nothing).
+        :param ttl_ms: how long the nodes keep the lease, in milliseconds.
+        :param fence: also issue a fencing token (one more round trip).
+        :param retry: overrides the lock's default retry policy.
+        :raises LockContended: another holder kept the lock on every attempt.
+        :raises QuorumUnavailable: too many nodes failed on the last attempt.
+        """
+        names = _resource_names(resources)
+        if not isinstance(ttl_ms, int) or ttl_ms <= drift_ms(ttl_ms):
+            raise ValueError(f"ttl_ms must be an int larger than the drift, got {ttl_ms!r}")
+        policy = retry or self._retry
+        started_s = self._clock()
+        replies: list[object] = []
+        for attempt in range(1, policy.attempts + 1):
+            outcome = self._attempt(names, ttl_ms=ttl_ms, fence=fence)
+            if isinstance(outcome, Lease):
+                return outcome
+            replies = outcome
+            delay_s = policy.delay_ms(attempt, self._rng) / 1000
+            if policy.deadline_ms is not None:
+                left_s = policy.deadline_ms / 1000 - (self._clock() - started_s)
+                if left_s <= delay_s:
+                    break
+            if attempt < policy.attempts:
+                self._sleep(delay_s)
+        raise self._not_acquired(names, attempt, replies)
+
+    def extend(self, lease: Lease, *, ttl_ms: int | None = None) -> Lease:
+        """Push the lease's expiry ``ttl_ms`` (default: its TTL) into the future.
+
+        Only nodes that still hold the token are extended; an expired key is never
+        recreated. Without a quorum the lease is marked lost.
+
+        :raises ExtensionLimitReached: the lease was extended ``max_extensions`` times.
+        :raises LeaseLost: the lease expired or no quorum still held it.
+        """
+        ttl_ms = lease.ttl_ms if ttl_ms is None else ttl_ms
+        lease.check()
+        if lease.extensions >= self._max_extensions:
+            raise ExtensionLimitReached(
+                resources=lease.resources, reason=f"extended {lease.extensions} times already"
+            )
+        started_s = self._clock()
+        payload = self._script_payload(EXTEND, self._keys(lease.resources), lease.token, ttl_ms)
+        replies = self._round(payload, Suspects.SKIP)
+        confirmed = sum(1 for reply in replies if reply == 1)
+        valid_ms = validity_ms(ttl_ms, (self._clock() - started_s) * 1000)
+        if confirmed < self._quorum or valid_ms <= 0:
+            reason = f"extension confirmed by {confirmed} of {len(replies)} nodes"
+            lease.mark_lost(reason)
+            raise LeaseLost(resources=lease.resources, reason=reason)
+        lease.extensions += 1
+        lease.ttl_ms = ttl_ms
+        lease.validity_ms = valid_ms
+        lease.valid_until_s = started_s + (ttl_ms - drift_ms(ttl_ms)) / 1000
+        return lease
+
+    def release(self, lease: Lease) -> ReleaseOutcome:
+        """Delete the lease's keys on every node that still holds its token.
+
+        Returns `ReleaseOutcome.EXPIRED` instead of raising when the lease had
+        already lapsed; calling it again returns the first outcome.
+        """
+        if lease.release_outcome is not None:
+            return lease.release_outcome
+        keys = self._keys(lease.resources)
+        replies = self._round(self._script_payload(RELEASE, keys, lease.token), Suspects.SEND)
+        released = sum(1 for reply in replies if reply == len(keys))
+        failed = sum(1 for reply in replies if isinstance(reply, NodeError))
+        if released >= self._quorum:
+            outcome = ReleaseOutcome.RELEASED
+        elif released + failed < self._quorum:
+            outcome = ReleaseOutcome.EXPIRED
+        else:
+            outcome = ReleaseOutcome.UNCONFIRMED
+        lease.release_outcome = outcome
+        return outcome
+
+    @contextmanager
+    def lock(
+        self,
+        resources: str | Sequence[str],
+        *,
+        ttl_ms: int,
+        fence: bool = False,
+        retry: RetryPolicy | None = None,
+        auto_extend: bool = False,
+    ) -> Iterator[Lease]:
+        """Hold a lease for the ``with`` block and release it on the way out.
+
+        :param auto_extend: extend in the background every ttl/3; if that fails the
+            lease's ``lost`` event is set and ``lease.check()`` raises `LeaseLost`.
+        """
+        lease = self.acquire(resources, ttl_ms=ttl_ms, fence=fence, retry=retry)
+        keepalive = KeepAlive(self, lease) if auto_extend else None
+        if keepalive is not None:
+            keepalive.start()
+        try:
+            yield lease
+        finally:
+            if keepalive is not None:
+                keepalive.stop()
+            outcome = self.release(lease)
+            if outcome is not ReleaseOutcome.RELEASED:
+                logger.warning("Lease on %r ended %s at release.", lease.resources, outcome.value)
+
+    def with_lock(self, resources: str | Sequence[str], ttl_ms: int, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` while holding a lease over ``resources`` and return its result."""
+        with self.lock(resources, ttl_ms=ttl_ms):
+            return fn()
+
+    def ping(self) -> dict[str, NodeError | None]:
+        """Return, per node name, None when it answers PING, else its error."""
+        replies = self._round(encode_command(["PING"]), Suspects.AWAIT)
+        return {
+            node.name: reply if isinstance(reply, NodeError) else None
+            for node, reply in zip(self._nodes, replies, strict=True)
+        }
+
+    def close(self) -> None:
+        """Close every node connection (they reopen on next use)."""
+        with self._io_lock:
+            for node in self._nodes:
+                node.close()
+
+    def _attempt(self, names: tuple[str, ...], *, ttl_ms: int, fence: bool) -> Lease | list[object]:
+        """Make one acquisition round; return the lease, or the replies that refused it."""
+        token = secrets.token_hex(16)
+        keys = self._keys(names)
+        started_s = self._clock()
+        replies = self._round(
+            self._acquire_payload(names, keys, token, ttl_ms, fence), Suspects.SKIP
+        )
+        granted = [reply for reply in replies if _is_grant(reply, fence)]
+        fence_value: int | None = None
+        if len(granted) >= self._quorum and fence:
+            fence_value = max(int(reply) for reply in granted if isinstance(reply, int)) + 1
+            if not self._commit_fence(names, keys, token, fence_value):
+                granted = []
+        valid_ms = validity_ms(ttl_ms, (self._clock() - started_s) * 1000)
+        if len(granted) >= self._quorum and valid_ms > 0:
+            return Lease(
+                resources=names,
+                token=token,
+                ttl_ms=ttl_ms,
+                validity_ms=valid_ms,
+                valid_until_s=started_s + (ttl_ms - drift_ms(ttl_ms)) / 1000,
+                fence=fence_value,
+                clock=self._clock,
+            )
+        # A grant, or a timed-out request that may still land, must not linger.
+        if granted or any(isinstance(reply, NodeError) and reply.timed_out for reply in replies):
+            self._round(self._script_payload(RELEASE, keys, token), Suspects.SEND)
+        return replies
+
+    def _commit_fence(
+        self, names: tuple[str, ...], keys: list[str], token: str, fence: int
+    ) -> bool:
+        counters = [self._fence_prefix + name for name in names]
+        payload = self._script_payload(COMMIT_FENCE, keys + counters, token, fence)
+        replies = self._round(payload, Suspects.SKIP)
+        return sum(1 for reply in replies if reply == 1) >= self._quorum
+
+    def _acquire_payload(
+        self, names: tuple[str, ...], keys: list[str], token: str, ttl_ms: int, fence: bool
+    ) -> bytes:
+        if fence:
+            counters = [self._fence_prefix + name for name in names]
+            return self._script_payload(ACQUIRE_FENCED, keys + counters, token, ttl_ms)
+        if len(keys) == 1:
+            return encode_command(["SET", keys[0], token, "NX", "PX", ttl_ms])
+        return self._script_payload(ACQUIRE_MANY, keys, token, ttl_ms)
+
+    @staticmethod
+    def _script_payload(script: Script, keys: list[str], *args: str | int) -> bytes:
+        return encode_command(["EVALSHA", script.sha, len(keys), *keys, *args])
+
+    def _keys(self, names: Sequence[str]) -> list[str]:
+        return [self._key_prefix + name for name in names]
+
+    def _round(self, payload: bytes, suspects: Suspects) -> list[object]:
+        with self._io_lock:
+            return fan_out(
+                self._nodes, payload, read_timeout_s=self._read_timeout_s, suspects=suspects
+            )
+
+    def _not_acquired(
+        self, names: tuple[str, ...], attempts: int, replies: list[object]
+    ) -> LockContended | QuorumUnavailable:
+        errors = [reply for reply in replies if isinstance(reply, NodeError)]
+        if len(errors) > len(self._nodes) - self._quorum:
+            return QuorumUnavailable(resources=names, attempts=attempts, node_errors=errors)
+        granted = sum(1 for reply in replies if reply == b"OK" or reply == 1)
+        votes = {
+            "granted": granted,
+            "held": len(replies) - granted - len(errors),
+            "failed": len(errors),
+        }
+        return LockContended(resources=names, attempts=attempts, votes=votes)
+
+
+def _is_grant(reply: object, fence: bool) -> bool:
+    if fence:
+        return isinstance(reply, int) and reply >= 0
+    return reply == b"OK" or reply == 1
+
+
+def _resource_names(resources: str | Sequence[str]) -> tuple[str, ...]:
+    names = (resources,) if isinstance(resources, str) else tuple(resources)
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(f"resources must be one or more non-empty strings, got {resources!r}")
+    # A repeated name would be counted twice by the release script.
+    return tuple(dict.fromkeys(names))
+
+
+def _address(node: NodeSpec) -> NodeAddress:
+    if isinstance(node, NodeAddress):
+        return node
+    if isinstance(node, str):
+        try:
+            return NodeAddress.from_url(node)
+        except ConfigurationError:
+            raise
+        except Exception:
+            raise ConfigurationError(f"cannot parse lock node URL {redact_url(node)!r}") from None
+    return NodeAddress.from_client(node)

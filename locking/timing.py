@@ -1,0 +1,77 @@
+"""The pure arithmetic of Redlock: quorum, clock drift, validity and retry backoff.
+
+Nothing here performs I/O or reads a clock, so every rule of the distlock spec
+that is a formula can be tested on its own.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+#: The spec's clock-drift allowance: 1% of the TTL ...
+DRIFT_FACTOR = 0.01
+#: ... plus 2 ms for the resolution of the nodes' expiry timers.
+DRIFT_FLOOR_MS = 2
+
+
+def quorum(node_count: int) -> int:
+    """Return how many of ``node_count`` configured nodes form a majority.
+
+    :param node_count: the number of configured nodes (not the reachable ones).
+    """
+    if node_count < 1:
+        raise ValueError(f"node_count must be positive, got {node_count!r}")
+    return node_count // 2 + 1
+
+
+def drift_ms(ttl_ms: int) -> int:
+    """Return the clock-drift allowance for a lease of ``ttl_ms`` milliseconds."""
+    return int(ttl_ms * DRIFT_FACTOR) + DRIFT_FLOOR_MS
+
+
+def validity_ms(ttl_ms: int, elapsed_ms: float) -> float:
+    """Return how long a lease stays valid after it was granted, in milliseconds.
+
+    :param ttl_ms: the TTL each node was asked to keep the key for.
+    :param elapsed_ms: monotonic time spent from sending the first request to
+        reading the last reply. A result <= 0 means the lease is not held.
+    """
+    return ttl_ms - elapsed_ms - drift_ms(ttl_ms)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """How an acquisition retries: bounded count, capped exponential backoff, full jitter.
+
+    :param attempts: total attempts, the first included (the spec's retry count).
+    :param base_delay_ms: the backoff ceiling before the second attempt.
+    :param max_delay_ms: the cap on any one sleep.
+    :param deadline_ms: optional bound on the whole acquisition, sleeps included.
+    """
+
+    attempts: int = 10
+    base_delay_ms: float = 5.0
+    max_delay_ms: float = 200.0
+    deadline_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {self.attempts!r}")
+        if self.base_delay_ms < 0 or self.max_delay_ms < self.base_delay_ms:
+            raise ValueError("need 0 <= base_delay_ms <= max_delay_ms")
+        if self.deadline_ms is not None and self.deadline_ms <= 0:
+            raise ValueError(f"deadline_ms must be positive, got {self.deadline_ms!r}")
+
+    def delay_ms(self, failed_attempts: int, rng: random.Random) -> float:
+        """Return the sleep before the next attempt ("full jitter" backoff).
+
+        :param failed_attempts: attempts that already failed (>= 1).
+        :param rng: the random source, injected so tests are deterministic.
+        """
+        ceiling = min(self.max_delay_ms, self.base_delay_ms * 2 ** (failed_attempts - 1))
+        return rng.uniform(0.0, ceiling)
+
+
+#: A single attempt, for callers that poll or decide on their own what to do next.
+NO_RETRY = RetryPolicy(attempts=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -9,6 +11,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from locking.errors import ConfigurationError
 
 _CERT_REQS = ("none", "optional", "required")
+_VERIFY_MODES = (ssl.CERT_NONE, ssl.CERT_OPTIONAL, ssl.CERT_REQUIRED)
+#: ``//user:password@`` in a URL that `urlsplit` cannot parse.
+_USERINFO_PASSWORD = re.compile(r"(//[^/?#:@]*:)[^/?#]*@")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,7 +51,10 @@ class NodeAddress:
     @classmethod
     def from_url(cls, url: str) -> NodeAddress:
         """Parse ``redis://[user[:password]@]host[:port][/db][?ssl_ca_certs=...]``."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            raise ConfigurationError(f"cannot parse lock node URL {redact_url(url)!r}") from None
         if parts.scheme not in ("redis", "rediss"):
             raise ConfigurationError(
                 f"lock node URL must start with redis:// or rediss://, got {redact_url(url)!r}"
@@ -87,7 +95,7 @@ class NodeAddress:
         if "path" in kwargs:
             raise ConfigurationError("unix-socket clients are not supported as lock nodes")
         connection_class = getattr(client.connection_pool, "connection_class", None)
-        cert_reqs = kwargs.get("ssl_cert_reqs", "required")
+        cert_reqs = _cert_reqs_name(kwargs.get("ssl_cert_reqs", "required"))
         return cls(
             host=kwargs.get("host", "localhost"),
             port=int(kwargs.get("port", 6379)),
@@ -96,16 +104,37 @@ class NodeAddress:
             password=kwargs.get("password"),
             tls="SSL" in getattr(connection_class, "__name__", ""),
             ssl_ca_certs=kwargs.get("ssl_ca_certs"),
-            ssl_cert_reqs=cert_reqs if isinstance(cert_reqs, str) else "required",
+            ssl_cert_reqs=cert_reqs,
             ssl_certfile=kwargs.get("ssl_certfile"),
             ssl_keyfile=kwargs.get("ssl_keyfile"),
         )
 
 
+def _cert_reqs_name(value: object) -> str:
+    """Map redis-py's ``ssl_cert_reqs`` (a name, an `ssl.VerifyMode` or None) to our names."""
+    if value is None:  # redis-py's spelling of "do not verify"
+        return "none"
+    if isinstance(value, str):
+        name = value.lower()
+        if name not in _CERT_REQS:
+            raise ConfigurationError(f"ssl_cert_reqs must be one of {_CERT_REQS}, got {value!r}")
+        return name
+    for mode, name in zip(_VERIFY_MODES, _CERT_REQS, strict=True):
+        if value == mode:
+            return name
+    raise ConfigurationError(f"unsupported ssl_cert_reqs {value!r}")
+
+
 def redact_url(url: str) -> str:
     """Return ``url`` with its password masked, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        # Unparseable (e.g. a broken IPv6 literal): mask whatever sits between the
+        # scheme's "//", an optional user and the last "@" of the authority.
+        return _USERINFO_PASSWORD.sub(r"\1***@", url)
+    if password is None:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()

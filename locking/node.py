@@ -166,6 +166,8 @@ class Node:
             raw = socket.create_connection((address.host, address.port), self._connect_timeout_s)
         except OSError as error:
             raise self._failed(f"connect failed: {error.strerror or error}", error) from None
+        except UnicodeError:  # a host name IDNA cannot encode (e.g. a label > 63 chars)
+            raise NodeError(self.name, "connect failed: invalid host name") from None
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock = _wrap_tls(raw, address) if address.tls else raw
@@ -176,6 +178,10 @@ class Node:
         except NodeError:
             raw.close()
             raise
+        except hiredis.ProtocolError:
+            # Something that does not speak RESP (an HTTP server, a TLS-only port...).
+            raw.close()
+            raise NodeError(self.name, "handshake failed: not a Redis server") from None
         if not isinstance(sock, ssl.SSLSocket):
             # Non-blocking: sends never hang on a frozen node, reads spin then poll.
             sock.setblocking(False)

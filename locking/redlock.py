@@ -31,10 +31,12 @@ expired holder harmless.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -132,6 +134,7 @@ class Redlock:
         self._rng = rng or random.Random()
         # Node connections are not thread-safe; a keep-alive thread shares them.
         self._io_lock = threading.Lock()
+        _INSTANCES.add(self)
 
     @property
     def node_names(self) -> list[str]:
@@ -178,7 +181,7 @@ class Redlock:
                     break
             if attempt < policy.attempts:
                 self._sleep(delay_s)
-        raise self._not_acquired(names, attempt, replies)
+        raise self._not_acquired(names, attempt, replies, fence=fence)
 
     def extend(self, lease: Lease, *, ttl_ms: int | None = None) -> Lease:
         """Push the lease's expiry ``ttl_ms`` (default: its TTL) into the future.
@@ -288,12 +291,13 @@ class Redlock:
         )
         granted = [reply for reply in replies if _is_grant(reply, fence)]
         fence_value: int | None = None
+        committed = True
         if len(granted) >= self._quorum and fence:
             fence_value = max(int(reply) for reply in granted if isinstance(reply, int)) + 1
-            if not self._commit_fence(names, keys, token, fence_value):
-                granted = []
+            # A failed commit still leaves the grants on the nodes: released below.
+            committed = self._commit_fence(names, keys, token, fence_value)
         valid_ms = validity_ms(ttl_ms, (self._clock() - started_s) * 1000)
-        if len(granted) >= self._quorum and valid_ms > 0:
+        if len(granted) >= self._quorum and committed and valid_ms > 0:
             return Lease(
                 resources=names,
                 token=token,
@@ -340,18 +344,34 @@ class Redlock:
             )
 
     def _not_acquired(
-        self, names: tuple[str, ...], attempts: int, replies: list[object]
+        self, names: tuple[str, ...], attempts: int, replies: list[object], *, fence: bool
     ) -> LockContended | QuorumUnavailable:
         errors = [reply for reply in replies if isinstance(reply, NodeError)]
         if len(errors) > len(self._nodes) - self._quorum:
             return QuorumUnavailable(resources=names, attempts=attempts, node_errors=errors)
-        granted = sum(1 for reply in replies if reply == b"OK" or reply == 1)
+        # A fenced grant is the node's counter (any integer >= 0), not b"OK" or 1.
+        granted = sum(1 for reply in replies if _is_grant(reply, fence))
         votes = {
             "granted": granted,
             "held": len(replies) - granted - len(errors),
             "failed": len(errors),
         }
         return LockContended(resources=names, attempts=attempts, votes=votes)
+
+
+#: Every live Redlock, so that a forked child can reset their I/O locks.
+_INSTANCES: weakref.WeakSet[Redlock] = weakref.WeakSet()
+
+
+def _reset_io_locks_in_child() -> None:
+    # A keep-alive thread of the parent may have held the lock at fork time; it does
+    # not exist in the child, so the child's copy would stay locked forever. The
+    # nodes reconnect in the child on first use (`Node.send` compares the pid).
+    for redlock in list(_INSTANCES):
+        redlock._io_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_io_locks_in_child)
 
 
 def _is_grant(reply: object, fence: bool) -> bool:

@@ -6,6 +6,7 @@ that is a formula can be tested on its own.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -58,9 +59,11 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {self.attempts!r}")
+        if not (math.isfinite(self.base_delay_ms) and math.isfinite(self.max_delay_ms)):
+            raise ValueError("base_delay_ms and max_delay_ms must be finite")
         if self.base_delay_ms < 0 or self.max_delay_ms < self.base_delay_ms:
             raise ValueError("need 0 <= base_delay_ms <= max_delay_ms")
-        if self.deadline_ms is not None and self.deadline_ms <= 0:
+        if self.deadline_ms is not None and not self.deadline_ms > 0:  # NaN too
             raise ValueError(f"deadline_ms must be positive, got {self.deadline_ms!r}")
 
     def delay_ms(self, failed_attempts: int, rng: random.Random) -> float:
@@ -69,7 +72,10 @@ class RetryPolicy:
         :param failed_attempts: attempts that already failed (>= 1).
         :param rng: the random source, injected so tests are deterministic.
         """
-        ceiling = min(self.max_delay_ms, self.base_delay_ms * 2 ** (failed_attempts - 1))
+        # 2 ** (k - 1) overflows a float past k = 1024; long before that the cap wins,
+        # so bounding the exponent only matters to policies with thousands of attempts.
+        exponent = min(max(failed_attempts - 1, 0), 1000)
+        ceiling = min(self.max_delay_ms, self.base_delay_ms * 2.0**exponent)
         return rng.uniform(0.0, ceiling)
 
 

@@ -1,0 +1,70 @@
+"""The order domain's exceptions: one root, `OrderError`, each carrying its context."""
+
+from __future__ import annotations
+
+import uuid
+
+
+class OrderError(Exception):
+    """Root of every error raised by the order domain."""
+
+
+class InvalidOrder(OrderError):
+    """The payload is not an order we can process; it is rejected, never retried.
+
+    :param reason: a stable, machine-readable reason (``invalid_quantity``...).
+    :param detail: a human-readable explanation.
+    :param order_id: the order's id when it could be read from the payload.
+    """
+
+    def __init__(self, reason: str, detail: str, *, order_id: uuid.UUID | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.order_id = order_id
+
+
+class OrderConflict(OrderError):
+    """An order id was reused with a different payload; the first order stands."""
+
+    def __init__(self, order_id: uuid.UUID) -> None:
+        super().__init__(f"order {order_id} already exists with a different payload")
+        self.order_id = order_id
+
+
+class StockUnavailable(OrderError):
+    """The order could not take its lock in time; the task retries it later.
+
+    :param order_id: the order waiting for its SKUs.
+    :param cause: what stood in the way (contention, lock nodes down).
+    """
+
+    def __init__(self, order_id: uuid.UUID, cause: str) -> None:
+        super().__init__(f"order {order_id} could not lock its SKUs: {cause}")
+        self.order_id = order_id
+        self.cause = cause
+
+
+class DatabaseUnavailable(OrderError):
+    """The database could not be reached or dropped the connection; retry later."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"database unavailable: {detail}")
+        self.detail = detail
+
+
+class StaleFence(OrderError):
+    """A product row carries a newer fence than our lease: another holder wrote since."""
+
+    def __init__(self, sku: str, fence: int | None) -> None:
+        super().__init__(f"stock of {sku!r} was written by a newer lease than fence {fence}")
+        self.sku = sku
+        self.fence = fence
+
+
+class BrokerUnavailable(OrderError):
+    """The producer could not hand the order to the broker; nothing was enqueued."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the order broker is unavailable: {detail}")
+        self.detail = detail

@@ -1,0 +1,109 @@
+"""The order domain's tables: products, orders, their lines and the stock ledger.
+
+The ledger (`stock_movements`) makes stock auditable: for every SKU,
+``initial stock + sum(delta) == current stock``, and at most one movement exists
+per (order, SKU), so a redelivered order can never move stock twice.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    """The declarative base of every table of the order domain."""
+
+
+class OrderStatus(enum.StrEnum):
+    """Where an order is in its life; every status but ``pending`` is terminal."""
+
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({OrderStatus.CONFIRMED, OrderStatus.REJECTED, OrderStatus.FAILED})
+
+
+class Product(Base):
+    """A SKU on sale; ``fence`` is the highest lock fence that ever wrote its stock."""
+
+    __tablename__ = "products"
+    __table_args__ = (CheckConstraint("stock >= 0", name="stock_not_negative"),)
+
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    stock: Mapped[int] = mapped_column(Integer)
+    initial_stock: Mapped[int] = mapped_column(Integer)
+    fence: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class Order(Base):
+    """An order; its id is the producer's idempotency key."""
+
+    __tablename__ = "orders"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(128))
+    status: Mapped[OrderStatus] = mapped_column(
+        Enum(OrderStatus, name="order_status", values_callable=lambda e: [m.value for m in e]),
+        index=True,
+    )
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    lock_wait_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    items: Mapped[list[OrderItem]] = relationship(
+        back_populates="order", order_by="OrderItem.sku", lazy="selectin"
+    )
+
+
+class OrderItem(Base):
+    """One line of an order's cart."""
+
+    __tablename__ = "order_items"
+    __table_args__ = (CheckConstraint("quantity > 0", name="quantity_positive"),)
+
+    order_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("orders.id", ondelete="CASCADE"), primary_key=True
+    )
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    quantity: Mapped[int] = mapped_column(Integer)
+
+    order: Mapped[Order] = relationship(back_populates="items")
+
+
+class StockMovement(Base):
+    """The ledger: one stock change of one SKU caused by one order."""
+
+    __tablename__ = "stock_movements"
+    __table_args__ = (UniqueConstraint("order_id", "sku", name="one_movement_per_order_sku"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    order_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("orders.id", ondelete="RESTRICT"))
+    sku: Mapped[str] = mapped_column(ForeignKey("products.sku", ondelete="RESTRICT"), index=True)
+    delta: Mapped[int] = mapped_column(Integer)
+    fence: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -1,0 +1,46 @@
+"""The Celery app, built explicitly from `Settings`; every reliability choice is explained."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from tasks import runtime
+from worker.settings import Settings
+from worker.wiring import build_runtime
+
+
+def create_app(settings: Settings) -> Celery:
+    """Return the Celery app for ``settings``; nothing connects until a worker starts."""
+    app = Celery("flashsale", broker=settings.broker_url, include=["tasks.place_order"])
+    app.conf.update(
+        # JSON only: a pickle message would be code execution on the worker.
+        task_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # Order outcomes live in the database; there is no result backend to lose or fill.
+        task_ignore_result=True,
+        # Ack after the task ran, one message per process: a crash loses nothing and
+        # a busy process does not sit on messages another process could run.
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        # A killed pool process gives its message back; the order's delivery count
+        # (orders.attempts, capped by ORDER_MAX_DELIVERIES) stops a poison order.
+        task_reject_on_worker_lost=True,
+        # A task that raised is done (acked): failures are recorded, not looped.
+        task_acks_on_failure_or_timeout=True,
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_time_limit_s,
+        # Unacked messages return after this long; it must exceed any task run.
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Events on, so Flower sees every task, its arguments and its outcome.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_track_started=True,
+        worker_hijack_root_logger=False,
+    )
+    app.flashsale_settings = settings
+    runtime.install(lambda: build_runtime(settings))
+    return app

@@ -13,8 +13,12 @@ from collections.abc import Iterator
 
 import psycopg2
 import pytest
+from sqlalchemy import Engine
 
+from tasks.db import create_db_engine
+from tasks.migrate import upgrade
 from worker.redis_server import INSTALL_HINT, RedisServer, redis_servers
+from worker.stack import LocalStack
 
 #: The PostgreSQL server the tests create their database on (trust auth by default).
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -53,18 +57,61 @@ def broker() -> Iterator[RedisServer]:
         yield servers[0]
 
 
-@pytest.fixture(scope="session")
-def pg_database_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test run, dropped afterwards."""
+def _create_database() -> str:
     name = f"flashsale_test_{uuid.uuid4().hex[:10]}"
     admin = psycopg2.connect(PG_ADMIN_URL)
     admin.autocommit = True
     with admin.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    admin.close()
+    return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+
+def _drop_database(url: str) -> None:
+    admin = psycopg2.connect(PG_ADMIN_URL)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test, dropped afterwards."""
+    url = _create_database()
     try:
-        yield f"{base}/{name}"
+        upgrade(url)
+        yield url
     finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        _drop_database(url)
+
+
+@pytest.fixture
+def empty_database_url() -> Iterator[str]:
+    """A fresh PostgreSQL database with no schema (for migration tests)."""
+    url = _create_database()
+    try:
+        yield url
+    finally:
+        _drop_database(url)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on the test's migrated database."""
+    engine = create_db_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def stack(database_url: str) -> Iterator[LocalStack]:
+    """Three lock nodes and a broker (no workers yet) around the test's database.
+
+    Start workers with ``stack.start_worker(concurrency=2)``; everything is stopped
+    at the end of the test.
+    """
+    with LocalStack(env={"DATABASE_URL": database_url}) as local:
+        local.start_lock_nodes(3)
+        local.start_broker()
+        yield local

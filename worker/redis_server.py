@@ -110,6 +110,8 @@ class RedisServer:
         if self.process is not None:
             self.process.kill()
             self.process.wait()
+            if self.process.stderr is not None:
+                self.process.stderr.close()
             self.process = None
 
     def freeze(self) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     Uuid,
@@ -107,3 +108,10 @@ class StockMovement(Base):
     delta: Mapped[int] = mapped_column(Integer)
     fence: Mapped[int | None] = mapped_column(BigInteger, default=None)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# Core tables, for the hot path: Core statements skip the ORM's bulk machinery.
+PRODUCTS: Table = Product.__table__  # type: ignore[assignment]
+ORDERS: Table = Order.__table__  # type: ignore[assignment]
+ORDER_ITEMS: Table = OrderItem.__table__  # type: ignore[assignment]
+STOCK_MOVEMENTS: Table = StockMovement.__table__  # type: ignore[assignment]

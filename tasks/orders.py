@@ -7,23 +7,35 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Uuid, bindparam, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from tasks.errors import OrderConflict
-from tasks.models import Order, OrderItem, OrderStatus
+from tasks.models import ORDER_ITEMS, ORDERS, OrderStatus
 from tasks.validation import OrderRequest
 
 
 @dataclass(frozen=True, slots=True)
 class OrderState:
-    """What the database says of one order."""
+    """What the database says of one order; ``attempts`` is None when it was not read."""
 
     order_id: uuid.UUID
     status: OrderStatus
     reason: str | None
-    attempts: int
+    attempts: int | None
+
+
+# One round trip on PostgreSQL: see migration 0002 (same algorithm as below).
+RECORD_FUNCTION = text(
+    "SELECT status, reason, payload_hash, attempts"
+    " FROM flashsale_record(:id, :customer, :hash, :skus, :quantities)"
+).bindparams(bindparam("id", type_=Uuid))
+
+
+def is_postgresql(session: Session) -> bool:
+    """True when the session's database runs the PostgreSQL functions of migration 0002."""
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def record_pending(session: Session, request: OrderRequest) -> OrderState:
@@ -31,6 +43,20 @@ def record_pending(session: Session, request: OrderRequest) -> OrderState:
 
     :raises OrderConflict: the id exists with a different customer or cart.
     """
+    if is_postgresql(session):
+        row = session.execute(
+            RECORD_FUNCTION,
+            {
+                "id": request.order_id,
+                "customer": request.customer_id,
+                "hash": request.payload_hash,
+                "skus": [line.sku for line in request.lines],
+                "quantities": [line.quantity for line in request.lines],
+            },
+        ).one()
+        if row.payload_hash != request.payload_hash:
+            raise OrderConflict(request.order_id)
+        return OrderState(request.order_id, OrderStatus(row.status), row.reason, row.attempts)
     values = {
         "id": request.order_id,
         "customer_id": request.customer_id,
@@ -40,15 +66,17 @@ def record_pending(session: Session, request: OrderRequest) -> OrderState:
     }
     statement = (
         _upsert(session, values)
-        .on_conflict_do_update(index_elements=[Order.id], set_={"attempts": Order.attempts + 1})
-        .returning(Order.status, Order.reason, Order.payload_hash, Order.attempts)
+        .on_conflict_do_update(
+            index_elements=[ORDERS.c.id], set_={"attempts": ORDERS.c.attempts + 1}
+        )
+        .returning(ORDERS.c.status, ORDERS.c.reason, ORDERS.c.payload_hash, ORDERS.c.attempts)
     )
     status, reason, payload_hash, attempts = session.execute(statement).one()
     if payload_hash != request.payload_hash:
         raise OrderConflict(request.order_id)
     if attempts == 1:
         session.execute(
-            insert(OrderItem),
+            insert(ORDER_ITEMS),
             [
                 {"order_id": request.order_id, "sku": line.sku, "quantity": line.quantity}
                 for line in request.lines
@@ -71,7 +99,7 @@ def record_rejected(
         "attempts": 1,
         "decided_at": datetime.now(UTC),
     }
-    session.execute(_upsert(session, values).on_conflict_do_nothing(index_elements=[Order.id]))
+    session.execute(_upsert(session, values).on_conflict_do_nothing(index_elements=[ORDERS.c.id]))
     state = find_order(session, order_id)
     assert state is not None  # inserted or already there, in this transaction
     return state
@@ -80,8 +108,8 @@ def record_rejected(
 def fail_pending(session: Session, order_id: uuid.UUID, reason: str) -> OrderState | None:
     """Mark a still-pending order failed with ``reason``; a decided order is left alone."""
     session.execute(
-        update(Order)
-        .where(Order.id == order_id, Order.status == OrderStatus.PENDING)
+        update(ORDERS)
+        .where(ORDERS.c.id == order_id, ORDERS.c.status == OrderStatus.PENDING)
         .values(status=OrderStatus.FAILED, reason=reason, decided_at=datetime.now(UTC))
     )
     return find_order(session, order_id)
@@ -90,7 +118,7 @@ def fail_pending(session: Session, order_id: uuid.UUID, reason: str) -> OrderSta
 def find_order(session: Session, order_id: uuid.UUID) -> OrderState | None:
     """Return the order's status, or None when no such order was recorded."""
     row = session.execute(
-        select(Order.status, Order.reason, Order.attempts).where(Order.id == order_id)
+        select(ORDERS.c.status, ORDERS.c.reason, ORDERS.c.attempts).where(ORDERS.c.id == order_id)
     ).one_or_none()
     if row is None:
         return None
@@ -101,4 +129,4 @@ def _upsert(session: Session, values: dict[str, Any]) -> Any:
     """Return the dialect's INSERT that supports ON CONFLICT (PostgreSQL or SQLite)."""
     dialect = session.get_bind().dialect.name
     module = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(Order).values(**values)
+    return module.insert(ORDERS).values(**values)

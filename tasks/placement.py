@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,7 +18,15 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from locking import NO_RETRY, LeaseLost, LockContended, QuorumUnavailable, Redlock, RetryPolicy
+from locking import (
+    NO_RETRY,
+    Lease,
+    LeaseLost,
+    LockContended,
+    QuorumUnavailable,
+    Redlock,
+    RetryPolicy,
+)
 from tasks.errors import DatabaseUnavailable, StaleFence, StockUnavailable
 from tasks.models import TERMINAL, OrderStatus
 from tasks.orders import OrderState, fail_pending, find_order, record_pending
@@ -78,17 +87,13 @@ class OrderPlacer:
         :raises StockUnavailable: the lock could not be taken in this run.
         :raises DatabaseUnavailable: the database failed; nothing half-done remains.
         """
-        with self._transaction() as session:
-            state = record_pending(session, request)
-            if state.status is OrderStatus.PENDING and state.attempts > self._max_deliveries:
-                # Redelivered again and again (a crash in its path): stop, visibly.
-                state = fail_pending(session, request.order_id, "too_many_attempts") or state
-        if state.status in TERMINAL:
-            return state
         if self._redlock is None:
             with self._transaction() as session:
-                settle(session, skus=request.skus, fence=None)
-            return self.state_of(request)
+                state = self._record(session, request)
+                if state.status in TERMINAL:
+                    return state
+                decided = settle(session, skus=request.skus, fence=None).decided
+            return self._state_after(request, decided)
         return self._place_locked(request, self._redlock)
 
     def state_of(self, request: OrderRequest) -> OrderState:
@@ -98,56 +103,103 @@ class OrderPlacer:
         assert state is not None, "a recorded order cannot vanish"
         return state
 
+    def _record(self, session: Session, request: OrderRequest) -> OrderState:
+        state = record_pending(session, request)
+        if state.status is OrderStatus.PENDING and (state.attempts or 0) > self._max_deliveries:
+            # Redelivered again and again (a crash in its path): stop, visibly.
+            state = fail_pending(session, request.order_id, "too_many_attempts") or state
+        return state
+
     def _place_locked(self, request: OrderRequest, redlock: Redlock) -> OrderState:
+        """Uncontended: one transaction records and settles. Contended: record, then wait.
+
+        A waiting order is visible to the holder, which settles it with its own
+        (flat combining); the waiter mostly finds its order decided.
+        """
         resources = [f"sku:{sku}" for sku in request.skus]
-        wait = self._policy.wait
         started_s = time.monotonic()
-        for attempt in range(1, wait.attempts + 1):
-            try:
-                lease = redlock.acquire(
-                    resources, ttl_ms=self._policy.ttl_ms, fence=True, retry=NO_RETRY
-                )
-            except LockContended:
-                # The holder settles every pending order on these SKUs, ours included.
-                state = self.state_of(request)
-                if state.status in TERMINAL:
-                    return state
-                self._sleep(wait.delay_ms(attempt, self._rng) / 1000)
-                continue
-            except QuorumUnavailable as error:
-                raise StockUnavailable(request.order_id, str(error)) from None
-            wait_ms = (time.monotonic() - started_s) * 1000
-            try:
-                return self._settle_until_decided(request, lease.fence, lease.check, wait_ms)
-            except (LeaseLost, StaleFence) as error:
-                logger.warning(
-                    "Order %r: settlement aborted, will retry: %s", str(request.order_id), error
-                )
-                raise StockUnavailable(request.order_id, str(error)) from None
-            finally:
-                redlock.release(lease)
+        lease = self._try_acquire(redlock, resources, request)
+        recorded = lease is None
+        if lease is None:
+            with self._transaction() as session:
+                state = self._record(session, request)
+            if state.status in TERMINAL:
+                return state
+            outcome = self._wait(redlock, resources, request)
+            if isinstance(outcome, OrderState):
+                return outcome
+            lease = outcome
+        wait_ms = (time.monotonic() - started_s) * 1000
+        try:
+            return self._settle_until_decided(request, lease, wait_ms, record=not recorded)
+        except (LeaseLost, StaleFence) as error:
+            logger.warning(
+                "Order %r: settlement aborted, will retry: %s", str(request.order_id), error
+            )
+            raise StockUnavailable(request.order_id, str(error)) from None
+        finally:
+            redlock.release(lease)
+
+    def _try_acquire(
+        self, redlock: Redlock, resources: list[str], request: OrderRequest
+    ) -> Lease | None:
+        try:
+            return redlock.acquire(
+                resources, ttl_ms=self._policy.ttl_ms, fence=True, retry=NO_RETRY
+            )
+        except LockContended:
+            return None
+        except QuorumUnavailable as error:
+            raise StockUnavailable(request.order_id, str(error)) from None
+
+    def _wait(
+        self, redlock: Redlock, resources: list[str], request: OrderRequest
+    ) -> Lease | OrderState:
+        """Back off until the order is decided by the holder or the lock is ours."""
+        wait = self._policy.wait
+        for attempt in range(1, wait.attempts):
+            self._sleep(wait.delay_ms(attempt, self._rng) / 1000)
+            state = self.state_of(request)
+            if state.status in TERMINAL:
+                return state
+            lease = self._try_acquire(redlock, resources, request)
+            if lease is not None:
+                return lease
         raise StockUnavailable(request.order_id, f"lock contended after {wait.attempts} attempts")
 
     def _settle_until_decided(
-        self, request: OrderRequest, fence: int | None, check: Callable[..., None], wait_ms: float
+        self, request: OrderRequest, lease: Lease, wait_ms: float, *, record: bool
     ) -> OrderState:
+        def check() -> None:
+            lease.check(margin_ms=COMMIT_MARGIN_MS)
+
         while True:
             with self._transaction() as session:
+                if record:
+                    record = False
+                    state = self._record(session, request)
+                    if state.status in TERMINAL:
+                        return state
                 decided = settle(
                     session,
                     skus=request.skus,
-                    fence=fence,
-                    before_commit=lambda: check(margin_ms=COMMIT_MARGIN_MS),
+                    fence=lease.fence,
+                    before_commit=check,
                     own_order=(request.order_id, wait_ms),
                 ).decided
-            if request.order_id in decided:
-                status, reason = decided[request.order_id]
-                return OrderState(request.order_id, status, reason, 0)
-            state = self.state_of(request)
+            state = self._state_after(request, decided)
             if state.status in TERMINAL or not decided:
-                # Decided elsewhere, or (not decided, nothing pending) a row lock we
-                # skipped: another run holds it; let the task look again later.
+                # Decided, or nothing left to settle while ours is still pending: its
+                # row is locked by another run; the task looks again later.
                 return state
+
+    def _state_after(
+        self, request: OrderRequest, decided: dict[uuid.UUID, tuple[OrderStatus, str | None]]
+    ) -> OrderState:
+        if request.order_id in decided:
+            status, reason = decided[request.order_id]
+            return OrderState(request.order_id, status, reason, attempts=None)
+        return self.state_of(request)
 
     @contextmanager
     def _transaction(self) -> Iterator[Session]:

@@ -21,14 +21,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import case, insert, select, update
+from sqlalchemy import Uuid, bindparam, case, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tasks.errors import StaleFence
-from tasks.models import Order, OrderItem, OrderStatus, Product, StockMovement
+from tasks.models import ORDER_ITEMS, ORDERS, PRODUCTS, STOCK_MOVEMENTS, OrderStatus
+from tasks.orders import is_postgresql
 
 #: Orders settled per transaction; bounds the transaction and the lease time it needs.
 BATCH_LIMIT = 500
+#: The SQLSTATE flashsale_settle raises when a newer fence wrote the stock.
+STALE_FENCE_SQLSTATE = "FS001"
+SETTLE_FUNCTION = text(
+    "SELECT order_id, status, reason FROM flashsale_settle(:skus, :fence, :limit, :own, :wait)"
+).bindparams(bindparam("own", type_=Uuid))
 
 
 @dataclass(slots=True)
@@ -56,15 +63,18 @@ def settle(
     :param own_order: (order id, lock wait in ms) of the calling task, to record the wait.
     :raises StaleFence: a newer lease wrote these SKUs; nothing was changed.
     """
-    order_ids = _pending_orders(session, skus, limit)
-    if not order_ids:
+    if is_postgresql(session):
+        settlement = _settle_in_postgresql(session, skus, fence, own_order, limit)
+        before_commit()
+        return settlement
+    carts = _pending_carts(session, skus, limit)
+    if not carts:
         return Settlement()
-    products = _lock_products(session, skus, fence)
-    carts = _carts(session, order_ids)
+    stock = _lock_products(session, skus, fence)
     settlement = Settlement()
     totals: dict[str, int] = defaultdict(int)
-    for order_id in order_ids:
-        settlement.decided[order_id] = _decide(carts[order_id], products, totals)
+    for order_id, cart in carts.items():
+        settlement.decided[order_id] = _decide(cart, stock, totals)
     _write_stock(session, totals, fence)
     _write_movements(session, settlement, carts, fence)
     _write_orders(session, settlement, own_order)
@@ -72,47 +82,76 @@ def settle(
     return settlement
 
 
-def _pending_orders(session: Session, skus: Sequence[str], limit: int) -> list[uuid.UUID]:
-    touching = select(OrderItem.order_id).where(OrderItem.sku.in_(skus))
+def _settle_in_postgresql(
+    session: Session,
+    skus: Sequence[str],
+    fence: int | None,
+    own_order: tuple[uuid.UUID, float] | None,
+    limit: int,
+) -> Settlement:
+    """Run the same algorithm as a PostgreSQL function (migration 0002): one round trip."""
+    params = {
+        "skus": list(skus),
+        "fence": fence,
+        "limit": limit,
+        "own": own_order[0] if own_order else None,
+        "wait": own_order[1] if own_order else None,
+    }
+    try:
+        rows = session.execute(SETTLE_FUNCTION, params).all()
+    except DBAPIError as error:
+        if getattr(error.orig, "pgcode", None) == STALE_FENCE_SQLSTATE:
+            raise StaleFence(",".join(skus), fence) from None
+        raise
+    return Settlement(
+        {order_id: (OrderStatus(status), reason) for order_id, status, reason in rows}
+    )
+
+
+def _pending_carts(
+    session: Session, skus: Sequence[str], limit: int
+) -> dict[uuid.UUID, list[tuple[str, int]]]:
+    """Row-lock the oldest pending orders within ``skus`` and return their carts, in order.
+
+    Orders row-locked by another transaction are skipped, not waited for.
+    """
+    touching = select(ORDER_ITEMS.c.order_id).where(ORDER_ITEMS.c.sku.in_(skus))
     outside = (
-        select(OrderItem.order_id)
-        .where(OrderItem.order_id == Order.id, OrderItem.sku.not_in(skus))
+        select(ORDER_ITEMS.c.order_id)
+        .where(ORDER_ITEMS.c.order_id == ORDERS.c.id, ORDER_ITEMS.c.sku.not_in(skus))
         .exists()
     )
-    statement = (
-        select(Order.id)
-        .where(Order.status == OrderStatus.PENDING, Order.id.in_(touching), ~outside)
-        .order_by(Order.created_at, Order.id)
+    picked = (
+        select(ORDERS.c.id, ORDERS.c.created_at)
+        .where(ORDERS.c.status == OrderStatus.PENDING, ORDERS.c.id.in_(touching), ~outside)
+        .order_by(ORDERS.c.created_at, ORDERS.c.id)
         .limit(limit)
-        .with_for_update(skip_locked=True, of=Order)
+        .with_for_update(skip_locked=True)
+        .cte("picked")
     )
-    return list(session.scalars(statement))
+    rows = session.execute(
+        select(picked.c.id, ORDER_ITEMS.c.sku, ORDER_ITEMS.c.quantity)
+        .join(ORDER_ITEMS, ORDER_ITEMS.c.order_id == picked.c.id)
+        .order_by(picked.c.created_at, picked.c.id)
+    )
+    carts: dict[uuid.UUID, list[tuple[str, int]]] = {}
+    for order_id, sku, quantity in rows:
+        carts.setdefault(order_id, []).append((sku, quantity))
+    return carts
 
 
 def _lock_products(session: Session, skus: Sequence[str], fence: int | None) -> dict[str, int]:
     """Return sku -> stock for the known SKUs, row-locked in a fixed order."""
     rows = session.execute(
-        select(Product.sku, Product.stock, Product.fence)
-        .where(Product.sku.in_(skus))
-        .order_by(Product.sku)
+        select(PRODUCTS.c.sku, PRODUCTS.c.stock, PRODUCTS.c.fence)
+        .where(PRODUCTS.c.sku.in_(skus))
+        .order_by(PRODUCTS.c.sku)
         .with_for_update()
     ).all()
-    for row in rows:
-        if fence is not None and row.fence > fence:
-            raise StaleFence(row.sku, fence)
-    return {row.sku: row.stock for row in rows}
-
-
-def _carts(session: Session, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, int]]]:
-    carts: dict[uuid.UUID, list[tuple[str, int]]] = defaultdict(list)
-    rows = session.execute(
-        select(OrderItem.order_id, OrderItem.sku, OrderItem.quantity).where(
-            OrderItem.order_id.in_(order_ids)
-        )
-    )
-    for order_id, sku, quantity in rows:
-        carts[order_id].append((sku, quantity))
-    return carts
+    for sku, _, row_fence in rows:
+        if fence is not None and row_fence > fence:
+            raise StaleFence(sku, fence)
+    return {sku: stock for sku, stock, _ in rows}
 
 
 def _decide(
@@ -131,12 +170,12 @@ def _decide(
 
 def _write_stock(session: Session, totals: dict[str, int], fence: int | None) -> None:
     for sku, total in sorted(totals.items()):
-        guard = [Product.sku == sku, Product.stock >= total]
-        values: dict[str, object] = {"stock": Product.stock - total}
+        guard = [PRODUCTS.c.sku == sku, PRODUCTS.c.stock >= total]
+        values: dict[str, object] = {"stock": PRODUCTS.c.stock - total}
         if fence is not None:
-            guard.append(Product.fence <= fence)
+            guard.append(PRODUCTS.c.fence <= fence)
             values["fence"] = fence
-        result = session.execute(update(Product).where(*guard).values(values))
+        result = session.execute(update(PRODUCTS).where(*guard).values(values))
         if result.rowcount != 1:  # type: ignore[attr-defined]
             # Only a newer fence can make the guard fail: the rows are locked and
             # the totals were computed from them. Abort the whole settlement.
@@ -156,7 +195,7 @@ def _write_movements(
         for sku, quantity in carts[order_id]
     ]
     if movements:
-        session.execute(insert(StockMovement), movements)
+        session.execute(insert(STOCK_MOVEMENTS), movements)
 
 
 def _write_orders(
@@ -166,10 +205,10 @@ def _write_orders(
     for order_id, outcome in settlement.decided.items():
         groups[outcome].append(order_id)
     now = datetime.now(UTC)
-    wait = case((Order.id == own_order[0], own_order[1]), else_=None) if own_order else None
+    wait = case((ORDERS.c.id == own_order[0], own_order[1]), else_=None) if own_order else None
     for (status, reason), ids in groups.items():
         session.execute(
-            update(Order)
-            .where(Order.id.in_(ids), Order.status == OrderStatus.PENDING)
+            update(ORDERS)
+            .where(ORDERS.c.id.in_(ids), ORDERS.c.status == OrderStatus.PENDING)
             .values(status=status, reason=reason, decided_at=now, lock_wait_ms=wait)
         )

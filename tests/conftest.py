@@ -6,9 +6,7 @@ missing and how to start it; nothing is skipped silently.
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
 from collections.abc import Iterator
 
 import psycopg2
@@ -17,11 +15,9 @@ from sqlalchemy import Engine
 
 from tasks.db import create_db_engine
 from tasks.migrate import upgrade
+from tests.pg import PG_ADMIN_URL, create_database, drop_database
 from worker.redis_server import INSTALL_HINT, RedisServer, redis_servers
 from worker.stack import LocalStack
-
-#: The PostgreSQL server the tests create their database on (trust auth by default).
-PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -57,43 +53,25 @@ def broker() -> Iterator[RedisServer]:
         yield servers[0]
 
 
-def _create_database() -> str:
-    name = f"flashsale_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(PG_ADMIN_URL)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    admin.close()
-    return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-
-
-def _drop_database(url: str) -> None:
-    admin = psycopg2.connect(PG_ADMIN_URL)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-    admin.close()
-
-
 @pytest.fixture
 def database_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for one test, dropped afterwards."""
-    url = _create_database()
+    url = create_database()
     try:
         upgrade(url)
         yield url
     finally:
-        _drop_database(url)
+        drop_database(url)
 
 
 @pytest.fixture
 def empty_database_url() -> Iterator[str]:
     """A fresh PostgreSQL database with no schema (for migration tests)."""
-    url = _create_database()
+    url = create_database()
     try:
         yield url
     finally:
-        _drop_database(url)
+        drop_database(url)
 
 
 @pytest.fixture

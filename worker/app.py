@@ -9,9 +9,12 @@ from worker.settings import Settings
 from worker.wiring import build_runtime
 
 
-def create_app(settings: Settings) -> Celery:
-    """Return the Celery app for ``settings``; nothing connects until a worker starts."""
-    app = Celery("flashsale", broker=settings.broker_url, include=["tasks.place_order"])
+def create_app(settings: Settings, *, include: tuple[str, ...] = ("tasks.place_order",)) -> Celery:
+    """Return the Celery app for ``settings``; nothing connects until a worker starts.
+
+    :param include: task modules to register (benchmarks swap in a no-op task).
+    """
+    app = Celery("flashsale", broker=settings.broker_url, include=list(include))
     app.conf.update(
         # JSON only: a pickle message would be code execution on the worker.
         task_serializer="json",

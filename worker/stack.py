@@ -97,12 +97,13 @@ class LocalStack:
         extra_env: Mapping[str, str] | None = None,
         loglevel: str = "WARNING",
         wait: bool = True,
+        app_module: str = "worker",
     ) -> WorkerProcess:
-        """Start ``celery -A worker worker`` with a prefork pool and wait until it is ready."""
+        """Start ``celery -A <app_module> worker`` (prefork) and wait until it is ready."""
         name = name or f"w{len(self.workers) + 1}-{free_port()}"
         log_path = self.workdir / f"{name}.log"
         command = [
-            sys.executable, "-m", "celery", "-A", "worker", "worker",
+            sys.executable, "-m", "celery", "-A", app_module, "worker",
             "--pool=prefork", f"--concurrency={concurrency}", f"--hostname={name}@%h",
             f"--loglevel={loglevel}", "--without-mingle", "--without-gossip",
         ]  # fmt: skip

@@ -1,0 +1,219 @@
+"""End-to-end orders/s against Celery's own floor, side by side in one run.
+
+    ./dev bench bench/e2e_bench.py [--orders 3000] [--rounds 3]
+
+Starts PostgreSQL databases (on the local server), three lock nodes, a broker
+and real ``celery worker`` processes, then for each configuration pre-fills the
+queue with N orders, starts the worker(s) and times until the last order is
+decided (for the floor: until the queue and the unacked set are empty).
+Configurations run interleaved, round after round, so machine noise hits all.
+Writes bench/results/e2e_bench.json; bench/plot_e2e.py draws the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from sqlalchemy import text
+
+from tasks.db import create_db_engine
+from tasks.migrate import upgrade
+from tests.pg import create_database, drop_database
+from tests.sale import enqueue, producer, random_carts, seed_products
+from worker.stack import LocalStack
+
+RESULTS = Path(__file__).with_name("results") / "e2e_bench.json"
+
+
+@dataclass(frozen=True)
+class Config:
+    """One measured configuration."""
+
+    name: str
+    scenario: str  # hot | spread | carts
+    lock: bool = True
+    noop: bool = False
+    processes: int = 2
+
+
+def payloads(scenario: str, orders: int) -> tuple[dict[str, int], list[dict[str, object]]]:
+    """Return (stock per SKU, order payloads) for a scenario."""
+    if scenario == "hot":
+        stock = {"HOT": max(1, orders // 10)}
+        return stock, random_carts(orders, ["HOT"], max_lines=1, max_quantity=1)
+    skus = [f"S{i:02d}" for i in range(50)]
+    stock = dict.fromkeys(skus, max(1, orders // 10 // 50 * 2))
+    if scenario == "spread":
+        return stock, random_carts(orders, skus, max_lines=1, max_quantity=1)
+    carts = random_carts(orders, skus, max_lines=3, max_quantity=1)
+    return (
+        stock,
+        [c for c in carts if len(c["items"]) >= 2]
+        + [  # type: ignore[arg-type]
+            c
+            for c in random_carts(orders, skus[:25], max_lines=3, max_quantity=1, seed=9)
+            if len(c["items"]) >= 2  # type: ignore[arg-type]
+        ][:orders],
+    )
+
+
+def run_one(config: Config, orders: int) -> dict[str, object]:
+    """Measure one configuration on fresh servers and a fresh database."""
+    url = create_database()
+    try:
+        upgrade(url)
+        engine = create_db_engine(url)
+        stock, batch = payloads(config.scenario, orders)
+        batch = batch[:orders]
+        seed_products(engine, stock)
+        with LocalStack(env={"DATABASE_URL": url}) as stack:
+            stack.start_lock_nodes(3)
+            broker = stack.start_broker()
+            extra = {} if config.lock else {"ORDER_LOCK": "off"}
+            ids = enqueue(producer(broker.url), batch)
+            started = time.monotonic()
+            stack.start_worker(
+                concurrency=config.processes,
+                extra_env=extra,
+                app_module="bench.noop_app" if config.noop else "worker",
+                wait=False,
+            )
+            if config.noop:
+                finished = wait_queue_drained(broker.url)
+                latencies: list[float] = []
+            else:
+                finished = wait_decided(engine, len(ids))
+                latencies = decision_latencies_ms(engine)
+        engine.dispose()
+        elapsed = finished - started
+        return {
+            "config": config.__dict__,
+            "orders": len(ids),
+            "elapsed_s": elapsed,
+            "orders_per_s": len(ids) / elapsed,
+            "latency_p50_ms": percentile(latencies, 50),
+            "latency_p99_ms": percentile(latencies, 99),
+        }
+    finally:
+        drop_database(url)
+
+
+def wait_queue_drained(broker_url: str, timeout_s: float = 600) -> float:
+    client = redis.Redis.from_url(broker_url)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if client.llen("celery") == 0 and client.hlen("unacked") == 0:
+            return time.monotonic()
+        time.sleep(0.005)
+    raise TimeoutError("queue not drained")
+
+
+def wait_decided(engine, count: int, timeout_s: float = 600) -> float:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    query = text("SELECT count(*) FROM orders WHERE status <> 'pending'")
+    with engine.connect() as connection:
+        while time.monotonic() < deadline:
+            if connection.execute(query).scalar_one() >= count:
+                return time.monotonic()
+            connection.commit()
+            time.sleep(0.005)
+    raise TimeoutError("orders not decided")
+
+
+def decision_latencies_ms(engine) -> list[float]:  # type: ignore[no-untyped-def]
+    """Time from the first record of an order to its decision (queue wait excluded)."""
+    query = text("SELECT EXTRACT(EPOCH FROM decided_at - created_at) * 1000 FROM orders")
+    with engine.connect() as connection:
+        return [float(v) for v in connection.execute(query).scalars()]
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+CONFIGS = [
+    Config("floor (no-op task)", "hot", noop=True),
+    Config("ours: hot SKU", "hot"),
+    Config("ours: spread (50 SKUs)", "spread"),
+    Config("ours: carts (2-3 lines)", "carts"),
+    Config("db guard only: hot SKU", "hot", lock=False),
+    Config("db guard only: spread", "spread", lock=False),
+    Config("floor, 1 process", "hot", noop=True, processes=1),
+    Config("ours: hot SKU, 1 process", "hot", processes=1),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--orders", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default=None, help="substring of config names to run")
+    args = parser.parse_args()
+    configs = [c for c in CONFIGS if args.only is None or args.only in c.name]
+    runs: dict[str, list[dict[str, object]]] = {c.name: [] for c in configs}
+    for round_ in range(args.rounds):
+        for config in configs:
+            result = run_one(config, args.orders)
+            runs[config.name].append(result)
+            print(
+                f"round {round_ + 1} {config.name:32s} {result['orders_per_s']:8.1f} orders/s",
+                flush=True,
+            )
+    summary = summarize(runs)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {"orders": args.orders, "rounds": args.rounds, "summary": summary, "runs": runs},
+            indent=2,
+        )
+    )
+    print_table(summary)
+
+
+def summarize(runs: dict[str, list[dict[str, object]]]) -> dict[str, dict[str, float | None]]:
+    floor = {
+        procs: statistics.median(float(r["orders_per_s"]) for r in results)
+        for name, results in runs.items()
+        if results and results[0]["config"]["noop"]  # type: ignore[index]
+        for procs in [results[0]["config"]["processes"]]  # type: ignore[index]
+    }
+    summary = {}
+    for name, results in runs.items():
+        if not results:
+            continue
+        procs = results[0]["config"]["processes"]  # type: ignore[index]
+        median = statistics.median(float(r["orders_per_s"]) for r in results)
+        p50 = [r["latency_p50_ms"] for r in results if r["latency_p50_ms"] is not None]
+        p99 = [r["latency_p99_ms"] for r in results if r["latency_p99_ms"] is not None]
+        summary[name] = {
+            "orders_per_s": median,
+            "ratio_to_floor": median / floor[procs] if procs in floor else None,
+            "latency_p50_ms": statistics.median(p50) if p50 else None,  # type: ignore[arg-type]
+            "latency_p99_ms": statistics.median(p99) if p99 else None,  # type: ignore[arg-type]
+        }
+    return summary
+
+
+def print_table(summary: dict[str, dict[str, float | None]]) -> None:
+    print(f"\n{'configuration':32s} {'orders/s':>9s} {'x floor':>8s} {'p50 ms':>8s} {'p99 ms':>8s}")
+    for name, row in summary.items():
+        cells = [
+            row["orders_per_s"],
+            row["ratio_to_floor"],
+            row["latency_p50_ms"],
+            row["latency_p99_ms"],
+        ]
+        print(f"{name:32s} " + " ".join("       -" if v is None else f"{v:8.2f}" for v in cells))
+
+
+if __name__ == "__main__":
+    main()

@@ -63,8 +63,13 @@ def payloads(scenario: str, orders: int) -> tuple[dict[str, int], list[dict[str,
     )
 
 
-def run_one(config: Config, orders: int) -> dict[str, object]:
-    """Measure one configuration on fresh servers and a fresh database."""
+def run_one(config: Config, orders: int, paced_rate: float) -> dict[str, object]:
+    """Measure one configuration on fresh servers and a fresh database.
+
+    Throughput: the queue is pre-filled, then the worker starts. Latency (ours
+    only): afterwards, orders are sent at ``paced_rate`` per second to the running
+    worker and timed from ``send_task`` to the order's decision.
+    """
     url = create_database()
     try:
         upgrade(url)
@@ -89,7 +94,7 @@ def run_one(config: Config, orders: int) -> dict[str, object]:
                 latencies: list[float] = []
             else:
                 finished = wait_decided(engine, len(ids))
-                latencies = decision_latencies_ms(engine)
+                latencies = paced_latencies_ms(engine, broker.url, config, paced_rate, len(ids))
         engine.dispose()
         elapsed = finished - started
         return {
@@ -126,11 +131,25 @@ def wait_decided(engine, count: int, timeout_s: float = 600) -> float:  # type: 
     raise TimeoutError("orders not decided")
 
 
-def decision_latencies_ms(engine) -> list[float]:  # type: ignore[no-untyped-def]
-    """Time from the first record of an order to its decision (queue wait excluded)."""
-    query = text("SELECT EXTRACT(EPOCH FROM decided_at - created_at) * 1000 FROM orders")
+def paced_latencies_ms(  # type: ignore[no-untyped-def]
+    engine, broker_url: str, config: Config, rate: float, already: int
+) -> list[float]:
+    """Send orders at ``rate``/s for ~5 s; return enqueue-to-decision times in ms."""
+    _, batch = payloads(config.scenario, max(50, int(rate * 5)))
+    app = producer(broker_url)
+    sent_at: dict[str, float] = {}
+    start = time.monotonic()
+    for index, payload in enumerate(batch):
+        delay = start + index / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        sent_at[str(payload["order_id"])] = time.time()
+        enqueue(app, [payload])
+    wait_decided(engine, already + len(batch))
+    query = text("SELECT id::text, EXTRACT(EPOCH FROM decided_at) FROM orders")
     with engine.connect() as connection:
-        return [float(v) for v in connection.execute(query).scalars()]
+        decided = dict(connection.execute(query).all())
+    return [(float(decided[oid]) - sent) * 1000 for oid, sent in sent_at.items()]
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -157,12 +176,15 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default=None, help="substring of config names to run")
+    parser.add_argument(
+        "--paced-rate", type=float, default=100.0, help="orders/s of the latency pass"
+    )
     args = parser.parse_args()
     configs = [c for c in CONFIGS if args.only is None or args.only in c.name]
     runs: dict[str, list[dict[str, object]]] = {c.name: [] for c in configs}
     for round_ in range(args.rounds):
         for config in configs:
-            result = run_one(config, args.orders)
+            result = run_one(config, args.orders, args.paced_rate)
             runs[config.name].append(result)
             print(
                 f"round {round_ + 1} {config.name:32s} {result['orders_per_s']:8.1f} orders/s",

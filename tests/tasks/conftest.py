@@ -1,0 +1,47 @@
+"""Fixtures of the domain tests: each runs on PostgreSQL and on SQLite.
+
+The domain has two implementations of recording and settling (PL/pgSQL functions
+on PostgreSQL, SQLAlchemy statements elsewhere); the same tests hold for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from tasks.db import create_db_engine, session_factory
+from tasks.migrate import upgrade
+from tasks.validation import OrderRequest
+from tests.domain import record as record_order
+
+Record = Callable[..., OrderRequest]
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An engine on a fresh, migrated database: PostgreSQL, then a SQLite file."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("database_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'orders.sqlite3'}"
+        upgrade(url)
+    engine = create_db_engine(url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    """The session factory a worker process would use, on the test's database."""
+    return session_factory(engine)
+
+
+@pytest.fixture
+def record(sessions: sessionmaker[Session]) -> Record:
+    """Record a pending order in its own transaction: ``record({"A": 2}, customer=...)``."""
+    return partial(record_order, sessions)

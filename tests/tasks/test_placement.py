@@ -1,0 +1,184 @@
+"""`tasks.placement.OrderPlacer` with a real Redlock on three lock nodes and a real database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from locking import Redlock, RetryPolicy
+from tasks.errors import OrderConflict, StockUnavailable
+from tasks.models import OrderStatus, Product
+from tasks.orders import OrderState
+from tasks.placement import LockPolicy, OrderPlacer
+from tests.domain import fences, movements, request, settle_now, status, stock
+from tests.locks import lock_values
+from tests.sale import seed_products
+from tests.tasks.conftest import Record
+from worker.redis_server import RedisServer
+
+#: Waits briefly for a contended lock, so that giving up is quick.
+SHORT_WAIT = LockPolicy(wait=RetryPolicy(attempts=3, base_delay_ms=1.0, max_delay_ms=2.0))
+
+
+@pytest.fixture
+def redlock(node_urls: list[str]) -> Iterator[Redlock]:
+    lock = Redlock(node_urls)
+    yield lock
+    lock.close()
+
+
+@pytest.fixture
+def placer(sessions: sessionmaker[Session], redlock: Redlock) -> OrderPlacer:
+    return OrderPlacer(sessions=sessions, redlock=redlock, policy=SHORT_WAIT)
+
+
+def outcome(state: OrderState) -> tuple[OrderStatus, str | None]:
+    return state.status, state.reason
+
+
+def test_an_order_is_confirmed_and_its_lock_released(
+    placer: OrderPlacer, engine: Engine, lock_nodes: list[RedisServer]
+) -> None:
+    seed_products(engine, {"A": 5, "B": 5})
+    order = request({"A": 2, "B": 1})
+    assert outcome(placer.place(order)) == (OrderStatus.CONFIRMED, None)
+    assert stock(engine) == {"A": 3, "B": 4}
+    assert movements(engine, order.order_id) == [("A", -2), ("B", -1)]
+    assert lock_values(lock_nodes, "A") == lock_values(lock_nodes, "B") == [None] * 3
+
+
+def test_the_stored_state_is_the_returned_one(placer: OrderPlacer, engine: Engine) -> None:
+    seed_products(engine, {"A": 1})
+    first, second = request({"A": 1}), request({"A": 1})
+    assert outcome(placer.place(first)) == (OrderStatus.CONFIRMED, None)
+    assert outcome(placer.place(second)) == (OrderStatus.REJECTED, "insufficient_stock")
+    assert outcome(placer.state_of(second)) == (OrderStatus.REJECTED, "insufficient_stock")
+
+
+def test_placing_an_order_again_moves_stock_once(placer: OrderPlacer, engine: Engine) -> None:
+    seed_products(engine, {"A": 5})
+    order = request({"A": 2})
+    placer.place(order)
+    again = placer.place(order)
+    assert (again.status, again.attempts) == (OrderStatus.CONFIRMED, 2)
+    assert stock(engine) == {"A": 3}
+    assert movements(engine, order.order_id) == [("A", -2)]
+
+
+def test_an_unknown_sku_is_rejected(placer: OrderPlacer, engine: Engine) -> None:
+    seed_products(engine, {"A": 5})
+    assert outcome(placer.place(request({"A": 1, "NOPE": 1}))) == (
+        OrderStatus.REJECTED,
+        "unknown_sku",
+    )
+    assert stock(engine) == {"A": 5}
+
+
+def test_the_same_id_with_another_cart_is_a_conflict(placer: OrderPlacer, engine: Engine) -> None:
+    seed_products(engine, {"A": 5})
+    order = request({"A": 1})
+    placer.place(order)
+    with pytest.raises(OrderConflict):
+        placer.place(request({"A": 4}, order_id=str(order.order_id)))
+    assert stock(engine) == {"A": 4}
+
+
+def test_the_lock_holder_settles_the_orders_waiting_behind_it(
+    placer: OrderPlacer, engine: Engine, record: Record
+) -> None:
+    seed_products(engine, {"A": 5})
+    waiting = [record({"A": 1}) for _ in range(3)]
+    placer.place(request({"A": 1}))
+    assert [status(engine, o.order_id) for o in waiting] == ["confirmed"] * 3
+    assert stock(engine) == {"A": 1}
+
+
+def test_without_a_lock_the_database_guard_alone_places_correctly(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    seed_products(engine, {"A": 3})
+    placer = OrderPlacer(sessions=sessions, redlock=None)
+    states = [placer.place(request({"A": 2})) for _ in range(2)]
+    assert [outcome(s) for s in states] == [
+        (OrderStatus.CONFIRMED, None),
+        (OrderStatus.REJECTED, "insufficient_stock"),
+    ]
+    assert stock(engine) == {"A": 1}
+    assert movements(engine) == [("A", -2)]
+
+
+def test_a_foreign_lock_makes_the_order_wait_for_a_later_run(
+    placer: OrderPlacer, redlock: Redlock, engine: Engine
+) -> None:
+    seed_products(engine, {"A": 5})
+    order = request({"A": 1})
+    with redlock.lock("sku:A", ttl_ms=30_000), pytest.raises(StockUnavailable):
+        placer.place(order)
+    assert status(engine, order.order_id) == "pending"
+    assert stock(engine) == {"A": 5}
+    assert outcome(placer.place(order)) == (OrderStatus.CONFIRMED, None)
+
+
+def test_an_order_decided_by_the_lock_holder_is_returned_while_waiting(
+    sessions: sessionmaker[Session], redlock: Redlock, engine: Engine
+) -> None:
+    seed_products(engine, {"A": 5})
+
+    def holder_settles(_seconds: float) -> None:
+        # Sleeping while the lock is held elsewhere: the holder settles our order.
+        settle_now(sessions, ["A"])
+
+    placer = OrderPlacer(
+        sessions=sessions, redlock=redlock, policy=SHORT_WAIT, sleep=holder_settles
+    )
+    with redlock.lock("sku:A", ttl_ms=30_000):
+        state = placer.place(request({"A": 2}))
+    assert outcome(state) == (OrderStatus.CONFIRMED, None)
+    assert stock(engine) == {"A": 3}
+
+
+def test_a_stale_fence_aborts_until_a_newer_lease_places_the_order(
+    placer: OrderPlacer, engine: Engine, lock_nodes: list[RedisServer]
+) -> None:
+    seed_products(engine, {"A": 5})
+    # Fresh lock nodes hand out fences 1, 2, ...: the first lease is older than the stock.
+    with engine.begin() as connection:
+        connection.execute(update(Product).values(fence=2))
+    order = request({"A": 1})
+    with pytest.raises(StockUnavailable, match="newer lease"):
+        placer.place(order)
+    assert status(engine, order.order_id) != "confirmed"
+    assert (stock(engine), movements(engine)) == ({"A": 5}, [])
+    assert lock_values(lock_nodes, "A") == [None] * 3
+    assert outcome(placer.place(order)) == (OrderStatus.CONFIRMED, None)
+    assert (stock(engine), fences(engine)) == ({"A": 4}, {"A": 2})
+
+
+def test_without_a_quorum_of_lock_nodes_nothing_moves_until_they_are_back(
+    placer: OrderPlacer, engine: Engine, lock_nodes: list[RedisServer]
+) -> None:
+    seed_products(engine, {"A": 5})
+    for node in lock_nodes[:2]:
+        node.stop()
+    order = request({"A": 1})
+    with pytest.raises(StockUnavailable, match="no quorum"):
+        placer.place(order)
+    assert status(engine, order.order_id) != "confirmed"
+    assert stock(engine) == {"A": 5}
+    for node in lock_nodes[:2]:
+        node.start()
+    assert outcome(placer.place(order)) == (OrderStatus.CONFIRMED, None)
+    assert (stock(engine), movements(engine)) == ({"A": 4}, [("A", -1)])
+
+
+def test_an_order_delivered_too_often_is_failed_as_poison(
+    sessions: sessionmaker[Session], redlock: Redlock, engine: Engine, record: Record
+) -> None:
+    seed_products(engine, {"A": 5})
+    order = record({"A": 1})
+    placer = OrderPlacer(sessions=sessions, redlock=redlock, max_deliveries=1)
+    assert outcome(placer.place(order)) == (OrderStatus.FAILED, "too_many_attempts")
+    assert stock(engine) == {"A": 5}

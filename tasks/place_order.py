@@ -19,8 +19,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from tasks import runtime
 from tasks.errors import DatabaseUnavailable, InvalidOrder, OrderConflict, StockUnavailable
 from tasks.models import OrderStatus
-from tasks.orders import OrderState, fail_pending, record_rejected
-from tasks.validation import OrderRequest, parse_order
+from tasks.orders import OrderState, record_rejected
+from tasks.validation import OrderRequest, order_id_or_none, parse_order
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,11 @@ def place_order(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Place one order: ``order_id`` (UUID string), ``customer_id``, ``items``."""
     try:
         if args:
-            raise InvalidOrder("positional_args", "pass order_id, customer_id and items as kwargs")
+            raise InvalidOrder(
+                "positional_args",
+                "pass order_id, customer_id and items as kwargs",
+                order_id=order_id_or_none(kwargs.get("order_id")),
+            )
         request = parse_order(kwargs)
     except InvalidOrder as error:
         return _reject(error, kwargs.get("customer_id"))
@@ -95,10 +99,7 @@ def _retry_or_fail(self: Task, request: OrderRequest, error: Exception) -> dict[
 
 
 def _fail(request: OrderRequest, reason: str) -> OrderState:
-    with runtime.current().sessions.begin() as session:
-        state = fail_pending(session, request.order_id, reason)
-    assert state is not None
-    return state
+    return runtime.current().placer.fail(request, reason)
 
 
 def _outcome(state: OrderState) -> dict[str, Any]:

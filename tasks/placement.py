@@ -118,11 +118,13 @@ class OrderPlacer:
         """
         resources = [f"sku:{sku}" for sku in request.skus]
         started_s = time.monotonic()
-        lease = self._try_acquire(redlock, resources, request)
+        try:
+            lease = self._try_acquire(redlock, resources, request)
+        except StockUnavailable as error:
+            return self._recorded_or_raise(request, error.cause)
         recorded = lease is None
         if lease is None:
-            with self._transaction() as session:
-                state = self._record(session, request)
+            state = self.record(request)
             if state.status in TERMINAL:
                 return state
             outcome = self._wait(redlock, resources, request)
@@ -136,9 +138,37 @@ class OrderPlacer:
             logger.warning(
                 "Order %r: settlement aborted, will retry: %s", str(request.order_id), error
             )
+            if not recorded:
+                return self._recorded_or_raise(request, str(error))
             raise StockUnavailable(request.order_id, str(error)) from None
         finally:
             redlock.release(lease)
+
+    def record(self, request: OrderRequest) -> OrderState:
+        """Record the order (pending) in a transaction of its own; return its state."""
+        with self._transaction() as session:
+            return self._record(session, request)
+
+    def fail(self, request: OrderRequest, reason: str) -> OrderState:
+        """End the order ``failed`` with ``reason`` unless it was decided; record it if needed."""
+        with self._transaction() as session:
+            state = self._record(session, request)
+            if state.status in TERMINAL:
+                return state
+            failed = fail_pending(session, request.order_id, reason)
+        assert failed is not None, "recorded in this transaction"
+        return failed
+
+    def _recorded_or_raise(self, request: OrderRequest, cause: str) -> OrderState:
+        """Make sure a retried order exists (pending) before the task retries it.
+
+        The uncontended path records the order in the same transaction as its
+        settlement; when that path cannot run, the order must not vanish.
+        """
+        state = self.record(request)
+        if state.status in TERMINAL:
+            return state
+        raise StockUnavailable(request.order_id, cause)
 
     def _try_acquire(
         self, redlock: Redlock, resources: list[str], request: OrderRequest

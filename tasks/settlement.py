@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import Uuid, bindparam, case, insert, select, text, update
+from sqlalchemy import Uuid, bindparam, case, insert, literal_column, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -122,9 +122,11 @@ def _pending_carts(
         .exists()
     )
     picked = (
-        select(ORDERS.c.id, ORDERS.c.created_at)
+        select(ORDERS.c.id, ORDERS.c.created_at, literal_column("orders.rowid").label("seq"))
         .where(ORDERS.c.status == OrderStatus.PENDING, ORDERS.c.id.in_(touching), ~outside)
-        .order_by(ORDERS.c.created_at, ORDERS.c.id)
+        # created_at has whole seconds on SQLite (the only user of this path);
+        # rowid breaks ties in insertion order, so FIFO holds within a second.
+        .order_by(ORDERS.c.created_at, literal_column("orders.rowid"))
         .limit(limit)
         .with_for_update(skip_locked=True)
         .cte("picked")
@@ -132,7 +134,7 @@ def _pending_carts(
     rows = session.execute(
         select(picked.c.id, ORDER_ITEMS.c.sku, ORDER_ITEMS.c.quantity)
         .join(ORDER_ITEMS, ORDER_ITEMS.c.order_id == picked.c.id)
-        .order_by(picked.c.created_at, picked.c.id)
+        .order_by(picked.c.created_at, picked.c.seq)
     )
     carts: dict[uuid.UUID, list[tuple[str, int]]] = {}
     for order_id, sku, quantity in rows:

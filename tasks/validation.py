@@ -53,17 +53,7 @@ def parse_order(payload: dict[str, Any]) -> OrderRequest:
     unexpected = sorted(str(key) for key in payload if key not in FIELDS)
     if unexpected:
         raise InvalidOrder("unexpected_field", f"unknown fields {unexpected}", order_id=order_id)
-    customer_id = payload.get("customer_id")
-    if not isinstance(customer_id, str) or not customer_id.strip():
-        raise InvalidOrder(
-            "invalid_customer_id", "customer_id must be a non-empty string", order_id=order_id
-        )
-    if len(customer_id) > MAX_CUSTOMER_LENGTH:
-        raise InvalidOrder(
-            "invalid_customer_id",
-            f"customer_id longer than {MAX_CUSTOMER_LENGTH}",
-            order_id=order_id,
-        )
+    customer_id = _parse_customer_id(payload.get("customer_id"), order_id)
     lines = _parse_items(payload.get("items"), order_id)
     return OrderRequest(
         order_id=order_id,
@@ -71,6 +61,22 @@ def parse_order(payload: dict[str, Any]) -> OrderRequest:
         lines=lines,
         payload_hash=content_hash(customer_id, lines),
     )
+
+
+def _parse_customer_id(value: object, order_id: uuid.UUID) -> str:
+    if value is None:
+        raise InvalidOrder("missing_field", "customer_id is required", order_id=order_id)
+    # Printable only: a NUL or a lone surrogate cannot be stored by the database.
+    if not isinstance(value, str) or not value.strip() or not value.isprintable():
+        raise InvalidOrder(
+            "invalid_customer_id",
+            "customer_id must be a non-empty printable string",
+            order_id=order_id,
+        )
+    if len(value) > MAX_CUSTOMER_LENGTH:
+        detail = f"customer_id longer than {MAX_CUSTOMER_LENGTH}"
+        raise InvalidOrder("invalid_customer_id", detail, order_id=order_id)
+    return value
 
 
 def parse_order_id(value: object) -> uuid.UUID:
@@ -85,6 +91,14 @@ def parse_order_id(value: object) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise InvalidOrder("invalid_order_id", f"order_id is not a UUID: {value[:64]!r}") from None
+
+
+def order_id_or_none(value: object) -> uuid.UUID | None:
+    """Return ``value`` as an order id when it is one, else None (for rejections)."""
+    try:
+        return parse_order_id(value)
+    except InvalidOrder:
+        return None
 
 
 def content_hash(customer_id: str, lines: tuple[Line, ...]) -> str:

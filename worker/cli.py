@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import uuid
 from collections.abc import Sequence
 
 from sqlalchemy import func, select
@@ -99,12 +100,12 @@ def _stock(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.app import create_app
+    from worker.celery_app import create_app
 
     items = []
     for spec in args.item:
         sku, _, quantity = spec.rpartition(":")
-        if not sku or not quantity.isdigit():
+        if not sku or not quantity.isdecimal() or not quantity.isascii():
             print(f"flashsale: --item must be SKU:QTY, got {spec!r}", file=sys.stderr)
             return 2
         items.append({"sku": sku, "quantity": int(quantity)})
@@ -114,9 +115,14 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _show(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        order_id = uuid.UUID(args.order_id)
+    except ValueError:
+        print(f"flashsale: not an order id (a UUID): {args.order_id!r}", file=sys.stderr)
+        return 2
     sessions = session_factory(create_db_engine(settings.database_url))
     with sessions() as session:
-        view = get_order(session, args.order_id)
+        view = get_order(session, order_id)
     if view is None:
         print(f"flashsale: no order {args.order_id}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ broker, fewer than three lock nodes...), so start-up can refuse it loudly.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -124,7 +125,10 @@ def _convert(name: str, raw: str, default: object) -> object:
         tuple: lambda text: tuple(part.strip() for part in text.split(",") if part.strip()),
     }
     try:
-        return converters[type(default)](raw)
+        value = converters[type(default)](raw)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(raw)
+        return value
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a valid {type(default).__name__}") from None
 

@@ -157,6 +157,10 @@ class LocalStack:
     def stop(self) -> None:
         """Stop every child: workers and others first, then broker and lock nodes."""
         for worker in self.workers:
+            # Warm shutdown for all workers at once, then wait for each.
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.terminate()
+        for worker in self.workers:
             _stop_group(worker.process, 10.0)
         for process in self.others:
             _stop_group(process, 5.0)

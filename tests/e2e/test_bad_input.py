@@ -44,7 +44,7 @@ def line(sku: Any = "A", quantity: Any = 1) -> dict[str, Any]:
 
 #: (payload, stored reason) of every bad order that carries a valid order id.
 REJECTED = {
-    "missing customer_id": (with_fields(customer_id=None), "invalid_customer_id"),
+    "missing customer_id": (with_fields(customer_id=None), "missing_field"),
     "missing items": (with_fields(items=None), "missing_field"),
     "blank customer_id": (with_fields(customer_id="  "), "invalid_customer_id"),
     "customer_id a number": (with_fields(customer_id=42), "invalid_customer_id"),
@@ -107,3 +107,12 @@ def test_positional_arguments_are_consumed_and_move_nothing(shop: Shop) -> None:
     assert_the_worker_went_on(shop)
     assert "positional_args" in shop.worker_log()
     assert stock(shop.engine) == {"A": 100, "B": 98}
+
+
+def test_positional_arguments_with_a_readable_order_id_store_the_rejection(shop: Shop) -> None:
+    order_id = str(uuid.uuid4())
+    shop.send_raw(args=["extra"], kwargs=with_fields(order_id=order_id))
+    assert_the_worker_went_on(shop)
+    assert status(shop.engine, order_id) == "rejected"
+    row = order_row(shop.engine, order_id)
+    assert row is not None and row.reason == "positional_args"

@@ -182,3 +182,28 @@ def test_an_order_delivered_too_often_is_failed_as_poison(
     placer = OrderPlacer(sessions=sessions, redlock=redlock, max_deliveries=1)
     assert outcome(placer.place(order)) == (OrderStatus.FAILED, "too_many_attempts")
     assert stock(engine) == {"A": 5}
+
+
+def test_an_order_that_cannot_reach_a_lock_quorum_is_recorded_then_failed(
+    placer: OrderPlacer, engine: Engine, lock_nodes: list[RedisServer]
+) -> None:
+    seed_products(engine, {"A": 5})
+    lock_nodes[0].kill()
+    lock_nodes[1].kill()
+    order = request({"A": 1})
+    with pytest.raises(StockUnavailable):
+        placer.place(order)
+    # The retry (and the operator) must find the order, not lose it.
+    assert status(engine, order.order_id) == "pending"
+    assert outcome(placer.fail(order, "lock_unavailable")) == (
+        OrderStatus.FAILED,
+        "lock_unavailable",
+    )
+    assert stock(engine) == {"A": 5}
+
+
+def test_failing_a_decided_order_keeps_its_decision(placer: OrderPlacer, engine: Engine) -> None:
+    seed_products(engine, {"A": 5})
+    order = request({"A": 1})
+    placer.place(order)
+    assert outcome(placer.fail(order, "lock_unavailable")) == (OrderStatus.CONFIRMED, None)

@@ -84,9 +84,11 @@ def test_an_unreadable_order_id_is_refused_without_an_id(data: dict[str, Any], r
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        ({"order_id": ORDER_ID, "items": [line()]}, "invalid_customer_id"),
+        ({"order_id": ORDER_ID, "items": [line()]}, "missing_field"),
         ({**payload(order_id=ORDER_ID), "customer_id": "   "}, "invalid_customer_id"),
         ({**payload(order_id=ORDER_ID), "customer_id": 7}, "invalid_customer_id"),
+        ({**payload(order_id=ORDER_ID), "customer_id": "a\u0000b"}, "invalid_customer_id"),
+        ({**payload(order_id=ORDER_ID), "customer_id": "x\ud800"}, "invalid_customer_id"),
         (
             {**payload(order_id=ORDER_ID), "customer_id": "c" * (MAX_CUSTOMER_LENGTH + 1)},
             "invalid_customer_id",
@@ -119,6 +121,8 @@ def test_an_unreadable_order_id_is_refused_without_an_id(data: dict[str, Any], r
         "customer-missing",
         "customer-blank",
         "customer-not-a-string",
+        "customer-nul",
+        "customer-lone-surrogate",
         "customer-too-long",
         "items-missing",
         "items-a-dict",

@@ -1,0 +1,381 @@
+"""The deployment files: docker-compose.yml, .env.example and the Procfile, read and run.
+
+Static checks always run. ``docker compose config`` (or ``docker-compose config``)
+runs when a working Compose is installed; otherwise that one check reports on the
+terminal why it did not run, and the static checks stand in for it. The Procfile's
+commands are run for real through ``sh -c``, as honcho runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+from celery import Celery
+from sqlalchemy import create_engine, inspect
+
+from worker.monitor import flower_command, http_status, wait_until_answering
+from worker.redis_server import free_port
+from worker.settings import Settings
+from worker.stack import LocalStack
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+PROCFILE = ROOT / "Procfile"
+LOCK_SERVICES = ("lock1", "lock2", "lock3")
+#: ``${NAME}``, ``${NAME:-default}``, ``${NAME:?message}`` and friends.
+COMPOSE_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
+SETTINGS_VARIABLES = sorted(spec.metadata["env"] for spec in fields(Settings))
+
+
+# --- docker-compose.yml -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """The parsed compose file (anchors and merge keys resolved by YAML itself)."""
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def env_example() -> dict[str, str]:
+    """NAME -> value of every assignment in .env.example."""
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, sep, value = line.partition("=")
+            assert sep, f"not NAME=value: {line!r}"
+            values[name.strip()] = value.strip()
+    return values
+
+
+def _service(compose: dict[str, Any], name: str) -> dict[str, Any]:
+    service = compose["services"].get(name)
+    assert isinstance(service, dict), f"service {name!r} missing"
+    return service
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    command = service.get("command", [])
+    return [str(part) for part in (command.split() if isinstance(command, str) else command)]
+
+
+def _default(value: str, env_example: dict[str, str]) -> str:
+    """Resolve ``${NAME:-default}`` as compose does with .env.example as its .env."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, default = match.groups()
+        given = env_example.get(name, "")
+        if operator in (":-", "-") and not given:
+            return default
+        return given
+
+    return COMPOSE_VARIABLE.sub(substitute, value)
+
+
+def _duration_s(text: str) -> float:
+    """Parse a compose duration such as ``45s``, ``1m30s`` or ``90``."""
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"bad duration {text!r}"
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+def test_compose_has_every_service(compose: dict[str, Any]) -> None:
+    for name in ("broker", *LOCK_SERVICES, "postgres", "migrate", "worker", "flower"):
+        _service(compose, name)
+
+
+def test_lock_nodes_are_three_distinct_servers_none_of_them_the_broker(
+    compose: dict[str, Any], env_example: dict[str, str]
+) -> None:
+    env = _service(compose, "worker")["environment"]
+    broker_host = urlsplit(_default(env["CELERY_BROKER_URL"], env_example)).hostname
+    nodes = _default(env["REDLOCK_NODES"], env_example).split(",")
+    lock_hosts = [str(urlsplit(url.strip()).hostname) for url in nodes]
+    assert sorted(lock_hosts) == sorted(LOCK_SERVICES)
+    assert broker_host == "broker" and broker_host not in lock_hosts
+    volumes = [tuple(_service(compose, name).get("volumes", [])) for name in LOCK_SERVICES]
+    assert all(volumes) and len(set(volumes)) == 3, "each lock node needs its own data volume"
+    assert _service(compose, "broker")["volumes"] not in [list(v) for v in volumes]
+
+
+def test_lock_nodes_are_independent_persistent_masters(compose: dict[str, Any]) -> None:
+    for name in LOCK_SERVICES:
+        command = _command(_service(compose, name))
+        text = " ".join(command).lower()
+        assert command[0] == "redis-server", name
+        assert "replicaof" not in text and "slaveof" not in text, name
+        assert "sentinel" not in text, name
+        assert command[command.index("--appendonly") + 1] == "yes", name
+        assert command[command.index("--appendfsync") + 1] in ("always", "everysec"), name
+        assert command[command.index("--maxmemory-policy") + 1] == "noeviction", name
+    for name, service in compose["services"].items():
+        text = " ".join(_command(service)).lower()
+        assert "sentinel" not in text and "replicaof" not in text, f"{name}: no replication"
+
+
+def test_worker_scales(compose: dict[str, Any], env_example: dict[str, str]) -> None:
+    worker = _service(compose, "worker")
+    assert "container_name" not in worker, "a fixed name prevents --scale worker=N"
+    assert "ports" not in worker, "a fixed host port prevents --scale worker=N"
+    hostname = next(part for part in _command(worker) if part.startswith("--hostname="))
+    assert "%h" in hostname, "node names must differ per container"
+    time_limits = {
+        float(_default(worker["environment"]["TASK_TIME_LIMIT_S"], {})),
+        float(_default(worker["environment"]["TASK_TIME_LIMIT_S"], env_example)),
+        Settings().task_time_limit_s,
+    }
+    grace_s = _duration_s(str(worker["stop_grace_period"]))
+    assert grace_s > max(time_limits), (grace_s, time_limits)
+    assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"  # Celery's warm shutdown
+
+
+def test_worker_waits_for_migration_and_healthy_services(compose: dict[str, Any]) -> None:
+    migrate = _service(compose, "migrate")
+    assert _command(migrate)[-3:] == ["flashsale", "db", "upgrade"]
+    assert migrate.get("restart") == "no"
+    assert "healthcheck" in _service(compose, "postgres")
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    depends = _service(compose, "worker")["depends_on"]
+    assert depends["migrate"]["condition"] == "service_completed_successfully"
+    for name in ("broker", *LOCK_SERVICES):
+        assert depends[name]["condition"] == "service_healthy", name
+        assert "healthcheck" in _service(compose, name), name
+
+
+def test_flower_requires_basic_auth(compose: dict[str, Any]) -> None:
+    flower = _service(compose, "flower")
+    auth = str(flower["environment"]["FLOWER_BASIC_AUTH"])
+    match = COMPOSE_VARIABLE.fullmatch(auth)
+    assert match and match.group(1) == "FLOWER_BASIC_AUTH" and match.group(2) == ":?", (
+        "FLOWER_BASIC_AUTH must be required (${FLOWER_BASIC_AUTH:?...}), never defaulted"
+    )
+    assert _command(flower)[:4] == ["celery", "-A", "worker", "flower"]
+    for port in flower.get("ports", []):
+        assert str(port).startswith("127.0.0.1:"), f"Flower published beyond loopback: {port}"
+    for name, service in compose["services"].items():
+        if name != "flower":
+            assert "ports" not in service, f"{name} publishes a port"
+
+
+def test_every_compose_variable_is_in_env_example(env_example: dict[str, str]) -> None:
+    used = set(COMPOSE_VARIABLE.findall(COMPOSE_FILE.read_text()))
+    missing = sorted({name for name, _, _ in used} - env_example.keys())
+    assert not missing, f"used in docker-compose.yml, missing from .env.example: {missing}"
+    assert "$" not in COMPOSE_VARIABLE.sub("", COMPOSE_FILE.read_text()).replace("$$", "")
+
+
+def test_every_setting_is_in_env_example_and_reaches_the_worker(
+    compose: dict[str, Any], env_example: dict[str, str]
+) -> None:
+    missing = [name for name in SETTINGS_VARIABLES if name not in env_example]
+    assert not missing, f"settings missing from .env.example: {missing}"
+    for name in ("FLOWER_BASIC_AUTH", "POSTGRES_PASSWORD"):
+        assert name in env_example
+    worker_env = _service(compose, "worker")["environment"]
+    assert sorted(name for name in worker_env if name in SETTINGS_VARIABLES) == (SETTINGS_VARIABLES)
+    # The example values are valid settings, safe for a worker but for the node hosts.
+    settings = Settings.from_env(env_example)
+    assert settings.task_time_limit_s == Settings().task_time_limit_s
+    assert not [p for p in settings.worker_problems() if "REDLOCK" not in p]
+
+
+def _tell(request: pytest.FixtureRequest, message: str) -> None:
+    """Write ``message`` on the terminal now, past pytest's output capture."""
+    message = " ".join(message.split())
+    plugins = request.config.pluginmanager
+    reporter = plugins.get_plugin("terminalreporter")
+    capture = plugins.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        print(message)
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("\n" + message)
+
+
+def _compose_tool() -> tuple[list[str] | None, str]:
+    """Return the Compose command line to use, or None and why there is none."""
+    reasons = []
+    if shutil.which("docker"):
+        probe = subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, text=True, timeout=30
+        )
+        if probe.returncode == 0:
+            return ["docker", "compose"], ""
+        first_line = (probe.stderr.strip().splitlines() or ["failed"])[0]
+        reasons.append(f"`docker compose` does not work: {first_line[:120]}")
+    else:
+        reasons.append("no docker client")
+    if shutil.which("docker-compose"):
+        return ["docker-compose"], ""
+    reasons.append("no docker-compose")
+    return None, "; ".join(reasons)
+
+
+def test_compose_config_accepts_the_file_and_refuses_flower_without_auth(
+    request: pytest.FixtureRequest, tmp_path: Path, env_example: dict[str, str]
+) -> None:
+    tool, why_not = _compose_tool()
+    if tool is None:
+        _tell(
+            request,
+            f"NOTE: docker compose config not run ({why_not}); "
+            "the static checks of docker-compose.yml stand in for it",
+        )
+        return
+    env = {k: v for k, v in os.environ.items() if k not in env_example}
+    env_file = tmp_path / "complete.env"
+    env_file.write_text(ENV_EXAMPLE.read_text())
+    command = [*tool, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE)]
+    valid = subprocess.run(
+        [*command, "--env-file", str(env_file), "config", "-q"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert valid.returncode == 0, valid.stderr
+    no_auth = tmp_path / "no-auth.env"
+    no_auth.write_text(
+        "\n".join(
+            line
+            for line in ENV_EXAMPLE.read_text().splitlines()
+            if not line.startswith("FLOWER_BASIC_AUTH=")
+        )
+    )
+    refused = subprocess.run(
+        [*command, "--env-file", str(no_auth), "config", "-q"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "FLOWER_BASIC_AUTH" in refused.stderr + refused.stdout
+
+
+# --- Procfile ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def procfile() -> dict[str, str]:
+    """Process type -> command, parsed as honcho and foreman do."""
+    entries = {}
+    for line in PROCFILE.read_text().splitlines():
+        match = re.fullmatch(r"([A-Za-z0-9_-]+):\s*(.+)", line.strip())
+        if match:
+            assert match.group(1) not in entries, f"duplicate {match.group(1)}"
+            entries[match.group(1)] = match.group(2)
+        else:
+            assert not line.strip() or line.lstrip().startswith("#"), f"bad line {line!r}"
+    return entries
+
+
+def _shell_env(**extra: str) -> dict[str, str]:
+    """The test's environment with the venv's scripts on PATH, as an activated venv has."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return {**env, **extra}
+
+
+def _expand_words(command: str, **env: str) -> list[str]:
+    """Return the words ``sh`` makes of ``command`` (variables expanded, nothing run)."""
+    result = subprocess.run(
+        ["sh", "-c", f"for word in {command.removeprefix('exec ')}; do echo \"$word\"; done"],
+        capture_output=True, text=True, timeout=10, env=_shell_env(**env),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_procfile_has_release_worker_and_flower(procfile: dict[str, str]) -> None:
+    assert {"release", "worker", "flower"} <= procfile.keys()
+    assert procfile["release"].split() == ["flashsale", "db", "upgrade"]
+    assert "celery -A worker worker" in procfile["worker"]
+    assert "celery -A worker flower" in procfile["flower"]
+
+
+def test_procfile_workers_get_distinct_node_names(procfile: dict[str, str]) -> None:
+    # honcho gives each process its own PORT (5000, 5001... for worker.1, worker.2...).
+    names = set()
+    for port in ("5000", "5001", "5002"):
+        words = _expand_words(procfile["worker"], PORT=port)
+        names.add(next(word for word in words if word.startswith("--hostname=")))
+    assert len(names) == 3, names
+
+
+def test_procfile_flower_refuses_to_start_without_auth(procfile: dict[str, str]) -> None:
+    result = subprocess.run(
+        ["sh", "-c", procfile["flower"]],
+        capture_output=True, text=True, timeout=30, env=_shell_env(PORT=str(free_port())),
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "FLOWER_BASIC_AUTH" in result.stderr
+
+
+def test_procfile_release_migrates(procfile: dict[str, str], tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'release.sqlite3'}"
+    result = subprocess.run(
+        ["sh", "-c", procfile["release"]],
+        capture_output=True, text=True, timeout=60, env=_shell_env(DATABASE_URL=url),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    engine = create_engine(url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert {"products", "orders", "order_items", "stock_movements"} <= tables
+
+
+@pytest.fixture
+def procfile_stack(tmp_path: Path) -> Iterator[LocalStack]:
+    """Lock nodes and a broker for the Procfile's own worker and Flower lines."""
+    env = _shell_env(DATABASE_URL=f"sqlite:///{tmp_path / 'procfile.sqlite3'}")
+    with LocalStack(env=env) as stack:
+        stack.start_lock_nodes(3)
+        stack.start_broker()
+        yield stack
+        for process in stack.others:  # warm shutdown of all at once, then the stack waits
+            process.terminate()
+
+
+@pytest.mark.slow
+def test_procfile_worker_and_flower_lines_run(
+    procfile: dict[str, str], procfile_stack: LocalStack
+) -> None:
+    stack = procfile_stack
+    for port in ("5000", "5001"):
+        stack.env["PORT"] = port
+        stack.start_process(["sh", "-c", procfile["worker"]], log_name=f"worker.{port}.log")
+    flower_port = free_port()
+    stack.env.update(PORT=str(flower_port), FLOWER_BASIC_AUTH="ops:procfile-pw")
+    flower = stack.start_process(["sh", "-c", procfile["flower"]], log_name="flower.log")
+    host = socket.gethostname()
+    expected = {f"worker.5000@{host}", f"worker.5001@{host}"}
+    replies: set[str] = set()
+    with Celery("procfile-test", broker=stack.env["CELERY_BROKER_URL"]) as control:
+        control.conf.accept_content = ["json"]
+        for _ in range(60):
+            for reply in control.control.ping(timeout=0.5) or []:
+                replies |= set(reply)
+            if expected <= replies:
+                break
+    assert expected <= replies, (replies, (stack.workdir / "worker.5000.log").read_text()[-2000:])
+    url = f"http://127.0.0.1:{flower_port}"
+    wait_until_answering(flower, f"{url}/api/workers", timeout_s=30)
+    assert http_status(f"{url}/api/workers") == 401
+    assert http_status(f"{url}/api/workers", credentials="ops:procfile-pw") == 200
+    assert flower_command(flower_port)[3:5] == ["-A", "worker"]  # same app as the demo's

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.app import create_app
+from worker.celery_app import create_app
 from worker.settings import Settings
 
 app = create_app(Settings.from_env(), include=())

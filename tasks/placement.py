@@ -30,7 +30,7 @@ from locking import (
 from tasks.errors import DatabaseUnavailable, StaleFence, StockUnavailable
 from tasks.models import TERMINAL, OrderStatus
 from tasks.orders import OrderState, fail_pending, find_order, record_pending
-from tasks.settlement import settle
+from tasks.settlement import highest_fence, settle
 from tasks.validation import OrderRequest
 
 logger = logging.getLogger(__name__)
@@ -138,11 +138,28 @@ class OrderPlacer:
             logger.warning(
                 "Order %r: settlement aborted, will retry: %s", str(request.order_id), error
             )
+            if isinstance(error, StaleFence):
+                self._advance_fences(redlock, resources, request)
             if not recorded:
                 return self._recorded_or_raise(request, str(error))
             raise StockUnavailable(request.order_id, str(error)) from None
         finally:
             redlock.release(lease)
+
+    def _advance_fences(
+        self, redlock: Redlock, resources: list[str], request: OrderRequest
+    ) -> None:
+        """Lift the lock's fence counters above the fences the products carry.
+
+        A stale holder changes nothing by this; lock nodes that lost their counters
+        (restarted empty) issue fences the guard accepts again from the next lease.
+        """
+        with self._transaction() as session:
+            highest = highest_fence(session, request.skus)
+        confirmed = redlock.advance_fence(resources, highest)
+        logger.warning(
+            "Fence counters of %r raised to %d on %d node(s).", resources, highest, confirmed
+        )
 
     def record(self, request: OrderRequest) -> OrderState:
         """Record the order (pending) in a transaction of its own; return its state."""

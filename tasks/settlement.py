@@ -21,7 +21,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import Uuid, bindparam, case, insert, literal_column, select, text, update
+from sqlalchemy import (
+    Uuid,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal_column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -214,3 +224,9 @@ def _write_orders(
             .where(ORDERS.c.id.in_(ids), ORDERS.c.status == OrderStatus.PENDING)
             .values(status=status, reason=reason, decided_at=now, lock_wait_ms=wait)
         )
+
+
+def highest_fence(session: Session, skus: Sequence[str]) -> int:
+    """Return the highest fence that wrote the stock of any of ``skus`` (0 if none)."""
+    value = session.scalar(select(func.max(PRODUCTS.c.fence)).where(PRODUCTS.c.sku.in_(skus)))
+    return int(value or 0)

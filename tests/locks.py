@@ -21,6 +21,15 @@ def lock_values(nodes: list[RedisServer], sku: str) -> list[bytes | None]:
     return values
 
 
+def lock_fences(nodes: list[RedisServer], sku: str) -> list[int]:
+    """The fence counter of the SKU on each node (0 where none was written)."""
+    counters = []
+    for node in nodes:
+        with redis.Redis(port=node.port) as client:
+            counters.append(int(client.get(f"redlock-fence:sku:{sku}") or 0))
+    return counters
+
+
 def hold_lock_elsewhere(nodes: list[RedisServer], sku: str, token: str) -> None:
     """Take the SKU's lock on every node for a foreign holder, for two minutes."""
     for node in nodes:

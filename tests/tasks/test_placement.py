@@ -14,7 +14,7 @@ from tasks.models import OrderStatus, Product
 from tasks.orders import OrderState
 from tasks.placement import LockPolicy, OrderPlacer
 from tests.domain import fences, movements, request, settle_now, status, stock
-from tests.locks import lock_values
+from tests.locks import lock_fences, lock_values
 from tests.sale import seed_products
 from tests.tasks.conftest import Record
 from worker.redis_server import RedisServer
@@ -140,21 +140,24 @@ def test_an_order_decided_by_the_lock_holder_is_returned_while_waiting(
     assert stock(engine) == {"A": 3}
 
 
-def test_a_stale_fence_aborts_until_a_newer_lease_places_the_order(
+def test_a_stale_fence_aborts_then_the_counters_catch_up_with_the_stock(
     placer: OrderPlacer, engine: Engine, lock_nodes: list[RedisServer]
 ) -> None:
     seed_products(engine, {"A": 5})
-    # Fresh lock nodes hand out fences 1, 2, ...: the first lease is older than the stock.
+    # Lock nodes that lost their counters hand out fences 1, 2, ... while the
+    # stock was last written with fence 1000: every lease looks stale.
     with engine.begin() as connection:
-        connection.execute(update(Product).values(fence=2))
+        connection.execute(update(Product).values(fence=1000))
     order = request({"A": 1})
     with pytest.raises(StockUnavailable, match="newer lease"):
         placer.place(order)
     assert status(engine, order.order_id) != "confirmed"
     assert (stock(engine), movements(engine)) == ({"A": 5}, [])
     assert lock_values(lock_nodes, "A") == [None] * 3
+    # The aborted attempt raised the counters: the very next lease is newer.
+    assert lock_fences(lock_nodes, "A") == [1000] * 3
     assert outcome(placer.place(order)) == (OrderStatus.CONFIRMED, None)
-    assert (stock(engine), fences(engine)) == ({"A": 4}, {"A": 2})
+    assert (stock(engine), fences(engine)) == ({"A": 4}, {"A": 1001})
 
 
 def test_without_a_quorum_of_lock_nodes_nothing_moves_until_they_are_back(

@@ -22,6 +22,8 @@ class Suspects(Enum):
     #: Do not contact them; they count as failed votes (acquire, extend).
     SKIP = "skip"
     #: Send to them but do not wait; their reply is discarded when it comes (release).
+    #: Only on an open connection: a new one could not order the request after the
+    #: late ones, and connecting to a silent node would cost the connect timeout.
     SEND = "send"
     #: Treat them like any other node (health checks).
     AWAIT = "await"
@@ -42,7 +44,7 @@ def fan_out(
     waiting: list[int] = []
     for index, node in enumerate(nodes):
         suspect = suspects is not Suspects.AWAIT and node.is_suspect(now)
-        if suspect and suspects is Suspects.SKIP:
+        if suspect and (suspects is Suspects.SKIP or not node.connected):
             replies[index] = NodeError(node.name, "skipped: timed out recently", timed_out=True)
             continue
         error = node.send(payload)

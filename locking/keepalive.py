@@ -6,7 +6,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from locking.errors import LockError
+from locking.errors import LeaseLost, LockError
 
 if TYPE_CHECKING:
     from locking.lease import Lease
@@ -50,6 +50,9 @@ class KeepAlive:
             try:
                 self._redlock.extend(lease)
             except LockError as error:
-                # extend() already marked the lease lost; say so once, loudly.
+                # A missed quorum already marked the lease lost, but the extension limit
+                # does not (a caller extending by hand may still use the lease until it
+                # lapses): the holder relies on this thread, so tell it now, and loudly.
+                lease.mark_lost(error.reason if isinstance(error, LeaseLost) else str(error))
                 logger.error("Auto-extension of lease %r stopped: %s", lease.token[:8], error)
                 return

@@ -40,7 +40,8 @@ class Node:
 
     :param address: where the node is and how to log in.
     :param connect_timeout_s: bound on connecting and on the login handshake.
-    :param suspect_s: after a timeout, how long the node is skipped by acquisitions.
+    :param suspect_s: after a timeout, how long the node is skipped by acquisitions
+        (unless it answers again first, or skipping it would make a quorum impossible).
     """
 
     def __init__(self, address: NodeAddress, *, connect_timeout_s: float, suspect_s: float) -> None:
@@ -58,6 +59,11 @@ class Node:
     def is_suspect(self, now: float) -> bool:
         """Return true while the node is skipped after a recent timeout."""
         return now < self._suspect_until
+
+    @property
+    def connected(self) -> bool:
+        """True when this process has an open connection to the node."""
+        return self._sock is not None and self._pid == os.getpid()
 
     def send(self, payload: bytes) -> NodeError | None:
         """Send one encoded command; return the error instead of raising it."""
@@ -89,6 +95,7 @@ class Node:
                     if self._owed:
                         self._owed -= 1
                         continue
+                    self._suspect_until = 0.0  # it answered in time: trust it again
                     if isinstance(reply, hiredis.ReplyError):
                         return NodeError(self.name, f"redis error: {reply}")
                     return reply

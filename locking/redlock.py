@@ -58,6 +58,7 @@ from locking.protocol import encode_command
 from locking.scripts import (
     ACQUIRE_FENCED,
     ACQUIRE_MANY,
+    ADVANCE_FENCE,
     COMMIT_FENCE,
     EXTEND,
     RELEASE,
@@ -80,7 +81,8 @@ class Redlock:
     :param fence_prefix: prefix of the fence counter keys.
     :param connect_timeout_ms: bound on connecting to one node, login included.
     :param read_timeout_ms: bound on waiting for the replies of one round.
-    :param suspect_ms: how long a node that timed out is skipped by acquisitions.
+    :param suspect_ms: how long a node that timed out is skipped by acquisitions (not
+        when that would leave fewer than a quorum of nodes to ask).
     :param retry: the default retry policy of `acquire`.
     :param max_extensions: how often one lease may be extended.
     :param allow_fewer_than_three: accept 1 or 2 nodes (development only: one
@@ -267,6 +269,19 @@ class Redlock:
         with self.lock(resources, ttl_ms=ttl_ms):
             return fn()
 
+    def advance_fence(self, resources: str | Sequence[str], at_least: int) -> int:
+        """Raise the fence counters of ``resources`` to ``at_least`` on every node.
+
+        For a guard that saw a fence higher than the lock issues (counters lost on
+        a majority, e.g. nodes restarted empty): the next fenced lease then gets a
+        fence above ``at_least``. Counters are never lowered, so this is always
+        safe. Returns how many nodes confirmed; below the quorum, call it again.
+        """
+        names = _resource_names(resources)
+        counters = [self._fence_prefix + name for name in names]
+        payload = self._script_payload(ADVANCE_FENCE, counters, at_least)
+        return sum(1 for reply in self._round(payload, Suspects.SKIP) if reply == 1)
+
     def ping(self) -> dict[str, NodeError | None]:
         """Return, per node name, None when it answers PING, else its error."""
         replies = self._round(encode_command(["PING"]), Suspects.AWAIT)
@@ -339,6 +354,14 @@ class Redlock:
 
     def _round(self, payload: bytes, suspects: Suspects) -> list[object]:
         with self._io_lock:
+            if suspects is Suspects.SKIP:
+                now = time.monotonic()
+                trusted = sum(1 for node in self._nodes if not node.is_suspect(now))
+                if trusted < self._quorum:
+                    # Skipping would lose the round before it starts, for the whole
+                    # suspicion window, even if the nodes were only briefly late (a
+                    # loaded host): ask them again, at the cost of one read timeout.
+                    suspects = Suspects.AWAIT
             return fan_out(
                 self._nodes, payload, read_timeout_s=self._read_timeout_s, suspects=suspects
             )

@@ -68,6 +68,17 @@ end
 return 1
 """)
 
+# KEYS: fence counter keys; ARGV[1]: a fence value.
+# Raises every counter below ARGV[1] to it (never lowers one); returns 1.
+ADVANCE_FENCE = Script("""
+for i = 1, #KEYS do
+  if tonumber(redis.call('get', KEYS[i]) or '0') < tonumber(ARGV[1]) then
+    redis.call('set', KEYS[i], ARGV[1])
+  end
+end
+return 1
+""")
+
 # KEYS: the lock keys of the lease; ARGV[1]: token; ARGV[2]: ttl in ms.
 # Returns 1 when every key still holds the token (and now lives ttl ms more),
 # 0 otherwise; a key that expired is never recreated.
@@ -95,4 +106,4 @@ end
 return released
 """)
 
-ALL_SCRIPTS = (ACQUIRE_MANY, ACQUIRE_FENCED, COMMIT_FENCE, EXTEND, RELEASE)
+ALL_SCRIPTS = (ACQUIRE_MANY, ACQUIRE_FENCED, COMMIT_FENCE, ADVANCE_FENCE, EXTEND, RELEASE)

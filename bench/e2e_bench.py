@@ -40,6 +40,7 @@ class Config:
     lock: bool = True
     noop: bool = False
     processes: int = 2
+    env: tuple[tuple[str, str], ...] = ()
 
 
 def payloads(scenario: str, orders: int) -> tuple[dict[str, int], list[dict[str, object]]]:
@@ -80,7 +81,7 @@ def run_one(config: Config, orders: int, paced_rate: float) -> dict[str, object]
         with LocalStack(env={"DATABASE_URL": url}) as stack:
             stack.start_lock_nodes(3)
             broker = stack.start_broker()
-            extra = {} if config.lock else {"ORDER_LOCK": "off"}
+            extra = dict(config.env) | ({} if config.lock else {"ORDER_LOCK": "off"})
             ids = enqueue(producer(broker.url), batch)
             started = time.monotonic()
             stack.start_worker(

@@ -50,15 +50,16 @@ class RetryPolicy:
     :param max_delay_ms: the cap on any one sleep.
     :param deadline_ms: optional bound on the whole acquisition, sleeps included.
 
-    The defaults (10 attempts, as the reference implementation) wait about 75 ms on
-    average before giving up (at most ~150 ms). The cap is low on purpose: the holder that just released retries at once while
-    a waiter's ceiling grows with its failures, so with a high cap the lock stays
-    with whoever holds it and the longest waiters sleep longest. Measured with 8
-    processes on one key for 3-5 s on 2 shared cores, max/min acquisitions per
-    process: 2.1-28, median ~5, with the former 5/200 ms (39 runs); 1.4-5.8, median
-    ~2, with 2/50 ms (34 runs); 1.3-2.8, median ~1.6, at most 2 in 28 of 32 runs,
-    with 1/20-30 ms, for the same throughput within the noise and ~30% more
-    attempts; give contended callers more attempts rather than a higher cap. See the Lock section of BENCHMARKS.md.
+    The defaults (10 attempts, as the reference implementation) wait about 75 ms
+    on average before giving up (at most ~150 ms). The cap is low on purpose: the
+    holder that just released retries at once while a waiter's ceiling grows with
+    its failures, so with a high cap the lock stays with whoever holds it and the
+    longest waiters sleep longest. Measured with 8 processes on one key for 3-5 s
+    on 2 shared cores, max/min acquisitions per process: 2.1-28, median ~5, with
+    the former 5/200 ms (39 runs); 1.4-5.8, median ~2, with 2/50 ms (34 runs);
+    1.3-2.8, median ~1.6, at most 2 in 28 of 32 runs, with 1/20-30 ms, for the
+    same throughput within the noise. Callers that expect contention should pass
+    more attempts rather than a higher cap. See the Lock section of BENCHMARKS.md.
     """
 
     attempts: int = 10

@@ -138,3 +138,17 @@ def redact_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
+
+
+def as_address(node: NodeAddress | str | Any) -> NodeAddress:
+    """Return the address of a node given as `NodeAddress`, redis URL or redis-py client."""
+    if isinstance(node, NodeAddress):
+        return node
+    if isinstance(node, str):
+        try:
+            return NodeAddress.from_url(node)
+        except ConfigurationError:
+            raise
+        except Exception:
+            raise ConfigurationError(f"cannot parse lock node URL {redact_url(node)!r}") from None
+    return NodeAddress.from_client(node)

@@ -41,7 +41,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from locking.address import NodeAddress, redact_url
+from locking.address import NodeAddress, as_address
+from locking.commands import Commands, is_grant, resource_names
 from locking.errors import (
     ConfigurationError,
     ExtensionLimitReached,
@@ -55,15 +56,6 @@ from locking.keepalive import KeepAlive
 from locking.lease import Lease, ReleaseOutcome
 from locking.node import Node
 from locking.protocol import encode_command
-from locking.scripts import (
-    ACQUIRE_FENCED,
-    ACQUIRE_MANY,
-    ADVANCE_FENCE,
-    COMMIT_FENCE,
-    EXTEND,
-    RELEASE,
-    Script,
-)
 from locking.timing import RetryPolicy, drift_ms, quorum, validity_ms
 
 logger = logging.getLogger(__name__)
@@ -108,7 +100,7 @@ class Redlock:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        addresses = [_address(node) for node in nodes]
+        addresses = [as_address(node) for node in nodes]
         if not addresses:
             raise ConfigurationError("Redlock needs at least one node")
         if len(addresses) < 3 and not allow_fewer_than_three:
@@ -126,8 +118,7 @@ class Redlock:
             for address in addresses
         ]
         self._quorum = quorum(len(self._nodes))
-        self._key_prefix = key_prefix
-        self._fence_prefix = fence_prefix
+        self._commands = Commands(key_prefix=key_prefix, fence_prefix=fence_prefix)
         self._read_timeout_s = read_timeout_ms / 1000
         self._retry = retry
         self._max_extensions = max_extensions
@@ -165,7 +156,7 @@ class Redlock:
         :raises LockContended: another holder kept the lock on every attempt.
         :raises QuorumUnavailable: too many nodes failed on the last attempt.
         """
-        names = _resource_names(resources)
+        names = resource_names(resources)
         if not isinstance(ttl_ms, int) or ttl_ms <= drift_ms(ttl_ms):
             raise ValueError(f"ttl_ms must be an int larger than the drift, got {ttl_ms!r}")
         policy = retry or self._retry
@@ -201,7 +192,7 @@ class Redlock:
                 resources=lease.resources, reason=f"extended {lease.extensions} times already"
             )
         started_s = self._clock()
-        payload = self._script_payload(EXTEND, self._keys(lease.resources), lease.token, ttl_ms)
+        payload = self._commands.extend(lease.resources, lease.token, ttl_ms)
         replies = self._round(payload, Suspects.SKIP)
         confirmed = sum(1 for reply in replies if reply == 1)
         valid_ms = validity_ms(ttl_ms, (self._clock() - started_s) * 1000)
@@ -223,9 +214,9 @@ class Redlock:
         """
         if lease.release_outcome is not None:
             return lease.release_outcome
-        keys = self._keys(lease.resources)
-        replies = self._round(self._script_payload(RELEASE, keys, lease.token), Suspects.SEND)
-        released = sum(1 for reply in replies if reply == len(keys))
+        payload = self._commands.release(lease.resources, lease.token)
+        replies = self._round(payload, Suspects.SEND)
+        released = sum(1 for reply in replies if reply == len(lease.resources))
         failed = sum(1 for reply in replies if isinstance(reply, NodeError))
         if released >= self._quorum:
             outcome = ReleaseOutcome.RELEASED
@@ -277,9 +268,8 @@ class Redlock:
         fence above ``at_least``. Counters are never lowered, so this is always
         safe. Returns how many nodes confirmed; below the quorum, call it again.
         """
-        names = _resource_names(resources)
-        counters = [self._fence_prefix + name for name in names]
-        payload = self._script_payload(ADVANCE_FENCE, counters, at_least)
+        names = resource_names(resources)
+        payload = self._commands.advance_fence(names, at_least)
         return sum(1 for reply in self._round(payload, Suspects.SKIP) if reply == 1)
 
     def ping(self) -> dict[str, NodeError | None]:
@@ -299,18 +289,17 @@ class Redlock:
     def _attempt(self, names: tuple[str, ...], *, ttl_ms: int, fence: bool) -> Lease | list[object]:
         """Make one acquisition round; return the lease, or the replies that refused it."""
         token = secrets.token_hex(16)
-        keys = self._keys(names)
         started_s = self._clock()
         replies = self._round(
-            self._acquire_payload(names, keys, token, ttl_ms, fence), Suspects.SKIP
+            self._commands.acquire(names, token, ttl_ms, fence=fence), Suspects.SKIP
         )
-        granted = [reply for reply in replies if _is_grant(reply, fence)]
+        granted = [reply for reply in replies if is_grant(reply, fence=fence)]
         fence_value: int | None = None
         committed = True
         if len(granted) >= self._quorum and fence:
             fence_value = max(int(reply) for reply in granted if isinstance(reply, int)) + 1
             # A failed commit still leaves the grants on the nodes: released below.
-            committed = self._commit_fence(names, keys, token, fence_value)
+            committed = self._commit_fence(names, token, fence_value)
         valid_ms = validity_ms(ttl_ms, (self._clock() - started_s) * 1000)
         if len(granted) >= self._quorum and committed and valid_ms > 0:
             return Lease(
@@ -324,33 +313,12 @@ class Redlock:
             )
         # A grant, or a timed-out request that may still land, must not linger.
         if granted or any(isinstance(reply, NodeError) and reply.timed_out for reply in replies):
-            self._round(self._script_payload(RELEASE, keys, token), Suspects.SEND)
+            self._round(self._commands.release(names, token), Suspects.SEND)
         return replies
 
-    def _commit_fence(
-        self, names: tuple[str, ...], keys: list[str], token: str, fence: int
-    ) -> bool:
-        counters = [self._fence_prefix + name for name in names]
-        payload = self._script_payload(COMMIT_FENCE, keys + counters, token, fence)
-        replies = self._round(payload, Suspects.SKIP)
+    def _commit_fence(self, names: tuple[str, ...], token: str, fence: int) -> bool:
+        replies = self._round(self._commands.commit_fence(names, token, fence), Suspects.SKIP)
         return sum(1 for reply in replies if reply == 1) >= self._quorum
-
-    def _acquire_payload(
-        self, names: tuple[str, ...], keys: list[str], token: str, ttl_ms: int, fence: bool
-    ) -> bytes:
-        if fence:
-            counters = [self._fence_prefix + name for name in names]
-            return self._script_payload(ACQUIRE_FENCED, keys + counters, token, ttl_ms)
-        if len(keys) == 1:
-            return encode_command(["SET", keys[0], token, "NX", "PX", ttl_ms])
-        return self._script_payload(ACQUIRE_MANY, keys, token, ttl_ms)
-
-    @staticmethod
-    def _script_payload(script: Script, keys: list[str], *args: str | int) -> bytes:
-        return encode_command(["EVALSHA", script.sha, len(keys), *keys, *args])
-
-    def _keys(self, names: Sequence[str]) -> list[str]:
-        return [self._key_prefix + name for name in names]
 
     def _round(self, payload: bytes, suspects: Suspects) -> list[object]:
         with self._io_lock:
@@ -373,7 +341,7 @@ class Redlock:
         if len(errors) > len(self._nodes) - self._quorum:
             return QuorumUnavailable(resources=names, attempts=attempts, node_errors=errors)
         # A fenced grant is the node's counter (any integer >= 0), not b"OK" or 1.
-        granted = sum(1 for reply in replies if _is_grant(reply, fence))
+        granted = sum(1 for reply in replies if is_grant(reply, fence=fence))
         votes = {
             "granted": granted,
             "held": len(replies) - granted - len(errors),
@@ -395,30 +363,3 @@ def _reset_io_locks_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_io_locks_in_child)
-
-
-def _is_grant(reply: object, fence: bool) -> bool:
-    if fence:
-        return isinstance(reply, int) and reply >= 0
-    return reply == b"OK" or reply == 1
-
-
-def _resource_names(resources: str | Sequence[str]) -> tuple[str, ...]:
-    names = (resources,) if isinstance(resources, str) else tuple(resources)
-    if not names or not all(isinstance(name, str) and name for name in names):
-        raise ValueError(f"resources must be one or more non-empty strings, got {resources!r}")
-    # A repeated name would be counted twice by the release script.
-    return tuple(dict.fromkeys(names))
-
-
-def _address(node: NodeSpec) -> NodeAddress:
-    if isinstance(node, NodeAddress):
-        return node
-    if isinstance(node, str):
-        try:
-            return NodeAddress.from_url(node)
-        except ConfigurationError:
-            raise
-        except Exception:
-            raise ConfigurationError(f"cannot parse lock node URL {redact_url(node)!r}") from None
-    return NodeAddress.from_client(node)

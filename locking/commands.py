@@ -1,0 +1,79 @@
+"""What each lock round sends, as one RESP payload for every node, and what a grant looks like."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from locking.protocol import encode_command
+from locking.scripts import (
+    ACQUIRE_FENCED,
+    ACQUIRE_MANY,
+    ADVANCE_FENCE,
+    COMMIT_FENCE,
+    EXTEND,
+    RELEASE,
+    Script,
+)
+
+
+class Commands:
+    """Builds the payloads of acquire, fence, extend and release for one key namespace.
+
+    :param key_prefix: prefix of the lock keys (``<prefix><resource>``).
+    :param fence_prefix: prefix of the fence counters (``<prefix><resource>``).
+    """
+
+    def __init__(self, *, key_prefix: str, fence_prefix: str) -> None:
+        self._key_prefix = key_prefix
+        self._fence_prefix = fence_prefix
+
+    def acquire(self, names: Sequence[str], token: str, ttl_ms: int, *, fence: bool) -> bytes:
+        """SET NX PX for one plain key, else the all-or-nothing (optionally fenced) script."""
+        keys = self._keys(names)
+        if fence:
+            return _script(ACQUIRE_FENCED, keys + self._counters(names), token, ttl_ms)
+        if len(keys) == 1:
+            return encode_command(["SET", keys[0], token, "NX", "PX", ttl_ms])
+        return _script(ACQUIRE_MANY, keys, token, ttl_ms)
+
+    def commit_fence(self, names: Sequence[str], token: str, fence: int) -> bytes:
+        """Write ``fence`` back to the counters where the lease's token still holds."""
+        return _script(COMMIT_FENCE, self._keys(names) + self._counters(names), token, fence)
+
+    def advance_fence(self, names: Sequence[str], at_least: int) -> bytes:
+        """Raise the counters of ``names`` to ``at_least`` (never lower them)."""
+        return _script(ADVANCE_FENCE, self._counters(names), at_least)
+
+    def extend(self, names: Sequence[str], token: str, ttl_ms: int) -> bytes:
+        """PEXPIRE every key that still holds ``token``."""
+        return _script(EXTEND, self._keys(names), token, ttl_ms)
+
+    def release(self, names: Sequence[str], token: str) -> bytes:
+        """Compare-and-delete every key of the lease."""
+        return _script(RELEASE, self._keys(names), token)
+
+    def _keys(self, names: Sequence[str]) -> list[str]:
+        return [self._key_prefix + name for name in names]
+
+    def _counters(self, names: Sequence[str]) -> list[str]:
+        return [self._fence_prefix + name for name in names]
+
+
+def is_grant(reply: object, *, fence: bool) -> bool:
+    """True when an acquire reply grants the lock (a fenced grant is the node's counter)."""
+    if fence:
+        return isinstance(reply, int) and reply >= 0
+    return reply == b"OK" or reply == 1
+
+
+def resource_names(resources: str | Sequence[str]) -> tuple[str, ...]:
+    """Validate and de-duplicate the resources of a lease, keeping their order."""
+    names = (resources,) if isinstance(resources, str) else tuple(resources)
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(f"resources must be one or more non-empty strings, got {resources!r}")
+    # A repeated name would be counted twice by the release script.
+    return tuple(dict.fromkeys(names))
+
+
+def _script(script: Script, keys: list[str], *args: str | int) -> bytes:
+    return encode_command(["EVALSHA", script.sha, len(keys), *keys, *args])

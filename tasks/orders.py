@@ -89,7 +89,9 @@ def record_rejected(
     session: Session, order_id: uuid.UUID, customer_id: object, reason: str
 ) -> OrderState:
     """Store an order whose payload was invalid as rejected; an existing order is left alone."""
-    customer = customer_id if isinstance(customer_id, str) else ""
+    # The id was part of what made the order invalid: keep it only if it can be stored.
+    printable = isinstance(customer_id, str) and customer_id.isprintable()
+    customer = customer_id if isinstance(customer_id, str) and printable else ""
     values = {
         "id": order_id,
         "customer_id": customer[:128],

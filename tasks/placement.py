@@ -169,7 +169,8 @@ class OrderPlacer:
     def fail(self, request: OrderRequest, reason: str) -> OrderState:
         """End the order ``failed`` with ``reason`` unless it was decided; record it if needed."""
         with self._transaction() as session:
-            state = self._record(session, request)
+            # Not a new delivery: record only an order that never reached the database.
+            state = find_order(session, request.order_id) or record_pending(session, request)
             if state.status in TERMINAL:
                 return state
             failed = fail_pending(session, request.order_id, reason)

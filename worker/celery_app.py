@@ -33,8 +33,14 @@ def create_app(settings: Settings, *, include: tuple[str, ...] = ("tasks.place_o
         task_acks_on_failure_or_timeout=True,
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_time_limit_s,
-        # Unacked messages return after this long; it must exceed any task run.
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        # Unacked messages return after this long; it must exceed any task run. kombu
+        # sweeps for them every 10 s x 10 by default, whatever the timeout: sweep at a
+        # quarter of it, so a crashed worker's message is back in ~1.25x the timeout.
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            "unacked_restore_interval": max(1, int(settings.broker_visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         worker_cancel_long_running_tasks_on_connection_loss=True,

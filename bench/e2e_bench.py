@@ -4,8 +4,9 @@
 
 Starts PostgreSQL databases (on the local server), three lock nodes, a broker
 and real ``celery worker`` processes, then for each configuration pre-fills the
-queue with N orders, starts the worker(s) and times until the last order is
-decided (for the floor: until the queue and the unacked set are empty).
+queue with N orders, starts the worker(s) and times from the first message taken
+until the last order is decided (for the floor: until the queue and the unacked
+set are empty).
 Configurations run interleaved, round after round, so machine noise hits all.
 Writes bench/results/e2e_bench.json; bench/plot_e2e.py draws the figures.
 """
@@ -83,13 +84,15 @@ def run_one(config: Config, orders: int, paced_rate: float) -> dict[str, object]
             broker = stack.start_broker()
             extra = dict(config.env) | ({} if config.lock else {"ORDER_LOCK": "off"})
             ids = enqueue(producer(broker.url), batch)
-            started = time.monotonic()
             stack.start_worker(
                 concurrency=config.processes,
                 extra_env=extra,
                 app_module="bench.noop_app" if config.noop else "worker",
                 wait=False,
             )
+            # The clock starts with the first message taken, not with the worker's
+            # boot, which would otherwise dominate the fast configurations.
+            started = wait_consumption_started(broker.url, len(ids))
             if config.noop:
                 finished = wait_queue_drained(broker.url)
                 latencies: list[float] = []
@@ -108,6 +111,16 @@ def run_one(config: Config, orders: int, paced_rate: float) -> dict[str, object]
         }
     finally:
         drop_database(url)
+
+
+def wait_consumption_started(broker_url: str, queued: int, timeout_s: float = 120) -> float:
+    client = redis.Redis.from_url(broker_url)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if client.llen("celery") < queued:
+            return time.monotonic()
+        time.sleep(0.001)
+    raise TimeoutError("no worker took a message")
 
 
 def wait_queue_drained(broker_url: str, timeout_s: float = 600) -> float:

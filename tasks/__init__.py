@@ -5,6 +5,8 @@ Web apps enqueue with ``submit_order(app, customer_id=..., items=[...])`` (or wi
 the outcome with ``get_order(session, order_id)``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from tasks.errors import (
     BrokerUnavailable,
     DatabaseUnavailable,
@@ -14,8 +16,24 @@ from tasks.errors import (
     StaleFence,
     StockUnavailable,
 )
-from tasks.place_order import TASK_NAME, place_order
 from tasks.producer import OrderView, get_order, submit_order
+from tasks.validation import TASK_NAME
+
+if TYPE_CHECKING:
+    from celery import Task
+
+    place_order: Task
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on demand: importing the task registers it with every Celery app,
+    # which a process that only enqueues (or the benchmark's no-op worker) must not do.
+    if name == "place_order":
+        from tasks.place_order import place_order
+
+        return place_order
+    raise AttributeError(f"module 'tasks' has no attribute {name!r}")
+
 
 __all__ = [
     "TASK_NAME",

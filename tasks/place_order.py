@@ -20,11 +20,9 @@ from tasks import runtime
 from tasks.errors import DatabaseUnavailable, InvalidOrder, OrderConflict, StockUnavailable
 from tasks.models import OrderStatus
 from tasks.orders import OrderState, record_rejected
-from tasks.validation import OrderRequest, order_id_or_none, parse_order
+from tasks.validation import TASK_NAME, OrderRequest, order_id_or_none, parse_order
 
 logger = logging.getLogger(__name__)
-
-TASK_NAME = "tasks.place_order"
 
 
 @shared_task(name=TASK_NAME, bind=True, max_retries=None, ignore_result=True)

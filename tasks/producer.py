@@ -15,8 +15,7 @@ from sqlalchemy.orm import Session
 
 from tasks.errors import BrokerUnavailable
 from tasks.models import Order, OrderStatus
-from tasks.place_order import TASK_NAME
-from tasks.validation import parse_order
+from tasks.validation import TASK_NAME, parse_order
 
 #: Publishing retries before the producer reports the broker unavailable.
 PUBLISH_RETRY_POLICY = {

@@ -14,6 +14,8 @@ from typing import Any
 
 from tasks.errors import InvalidOrder
 
+#: The public, stable name of the order task (what ``send_task`` uses).
+TASK_NAME = "tasks.place_order"
 MAX_LINES = 50
 MAX_QUANTITY = 1000
 MAX_SKU_LENGTH = 64

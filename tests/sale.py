@@ -13,7 +13,7 @@ from sqlalchemy import Engine, func, select
 
 from tasks.db import session_factory
 from tasks.models import Order, OrderItem, OrderStatus, Product, StockMovement
-from tasks.place_order import TASK_NAME
+from tasks.validation import TASK_NAME
 
 
 def seed_products(engine: Engine, stock: Mapping[str, int]) -> None:

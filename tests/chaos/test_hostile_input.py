@@ -31,8 +31,7 @@ from sqlalchemy import Engine
 
 from tasks.errors import InvalidOrder
 from tasks.migrate import upgrade
-from tasks.place_order import TASK_NAME
-from tasks.validation import parse_order
+from tasks.validation import TASK_NAME, parse_order
 from tests.chaos.harness import broker_backlog, observer_engine, scalar_rows, wait_until
 from tests.chaos.report import Recorder
 from tests.pg import create_database, drop_database

@@ -17,7 +17,7 @@ from celery import Celery
 from sqlalchemy import Engine, update
 
 from tasks.models import Product
-from tasks.place_order import TASK_NAME
+from tasks.validation import TASK_NAME
 from tests.domain import order_row
 from tests.sale import producer, seed_products, wait_until_decided
 from worker.stack import LocalStack

@@ -39,7 +39,7 @@ def main() -> None:
     right.bar([p - 0.2 for p in positions], p50, width=0.4, label="p50")
     right.bar([p + 0.2 for p in positions], p99, width=0.4, label="p99")
     right.set_xticks(list(positions), measured, rotation=30, ha="right")
-    right.set_ylabel("ms, first record of the order to its decision")
+    right.set_ylabel("ms, send_task to decision (paced, 100 orders/s)")
     right.set_title("Order latency")
     right.legend()
     figure.tight_layout()

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from tests.chaos.harness import observer_engine
+from tests.chaos.figures import observer_engine
 from tests.chaos.report import Recorder
 
 #: Where the records go; unset means nothing is written.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tests.chaos.harness import Figures
+from tests.chaos.figures import Figures
 
 
 @dataclass

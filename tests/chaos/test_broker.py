@@ -24,13 +24,8 @@ from sqlalchemy import Engine
 
 from tasks.errors import BrokerUnavailable
 from tasks.producer import submit_order
-from tests.chaos.harness import (
-    SHORT_LIMITS,
-    FlashSale,
-    assert_sound,
-    broker_backlog,
-    drain,
-)
+from tests.chaos.figures import assert_sound
+from tests.chaos.harness import SHORT_LIMITS, FlashSale, broker_backlog, drain
 from tests.chaos.report import Recorder
 from worker import create_app
 from worker.redis_server import RedisServer

@@ -12,7 +12,8 @@ import time
 
 from sqlalchemy import Engine
 
-from tests.chaos.harness import OBSERVER, FlashSale, assert_sound, log_lines, scalar_rows
+from tests.chaos.figures import OBSERVER, assert_sound, scalar_rows
+from tests.chaos.harness import FlashSale, log_lines
 from tests.chaos.report import Recorder
 from worker.stack import LocalStack
 

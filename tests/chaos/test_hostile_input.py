@@ -32,7 +32,8 @@ from sqlalchemy import Engine
 from tasks.errors import InvalidOrder
 from tasks.migrate import upgrade
 from tasks.validation import TASK_NAME, parse_order
-from tests.chaos.harness import broker_backlog, observer_engine, scalar_rows, wait_until
+from tests.chaos.figures import observer_engine, scalar_rows
+from tests.chaos.harness import broker_backlog, wait_until
 from tests.chaos.report import Recorder
 from tests.pg import create_database, drop_database
 from tests.sale import producer, seed_products

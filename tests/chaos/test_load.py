@@ -13,7 +13,8 @@ import os
 import pytest
 from sqlalchemy import Engine
 
-from tests.chaos.harness import FlashSale, assert_sound, stock_for, vm_rss_kb
+from tests.chaos.figures import assert_sound
+from tests.chaos.harness import FlashSale, stock_for, vm_rss_kb
 from tests.chaos.report import Recorder
 from worker.stack import LocalStack
 

@@ -14,13 +14,13 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
-from tests.chaos.harness import (
-    FlashSale,
+from tests.chaos.figures import (
     assert_sound,
     decided_between,
     fence_violations,
     lock_wait_percentile,
 )
+from tests.chaos.harness import FlashSale
 from tests.chaos.report import Recorder
 from worker.redis_server import RedisServer
 from worker.stack import LocalStack

@@ -27,7 +27,8 @@ import redis
 from sqlalchemy import Engine
 
 from locking import NO_RETRY, Lease, LockContended, NotAcquired, Redlock
-from tests.chaos.harness import FlashSale, assert_sound, fence_violations, log_lines
+from tests.chaos.figures import assert_sound, fence_violations
+from tests.chaos.harness import FlashSale, log_lines
 from tests.chaos.report import Recorder
 from worker.redis_server import RedisServer, redis_servers
 from worker.stack import LocalStack

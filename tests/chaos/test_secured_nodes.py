@@ -22,7 +22,8 @@ import pytest
 from sqlalchemy import Engine
 
 from locking import NO_RETRY, NotAcquired, Redlock, ReleaseOutcome
-from tests.chaos.harness import FlashSale, assert_sound
+from tests.chaos.figures import assert_sound
+from tests.chaos.harness import FlashSale
 from tests.chaos.report import Recorder
 from worker.redis_server import RedisServer, free_port
 from worker.stack import LocalStack, StackError

@@ -29,14 +29,8 @@ from tasks.errors import StaleFence
 from tasks.orders import record_pending
 from tasks.settlement import settle
 from tasks.validation import parse_order
-from tests.chaos.harness import (
-    FlashSale,
-    assert_sound,
-    fence_violations,
-    log_lines,
-    scalar_rows,
-    wait_until,
-)
+from tests.chaos.figures import assert_sound, fence_violations, scalar_rows
+from tests.chaos.harness import FlashSale, log_lines, wait_until
 from tests.chaos.report import Recorder
 from tests.sale import enqueue, producer
 from worker.stack import LocalStack
@@ -90,7 +84,8 @@ def test_a_stale_holder_is_refused_by_the_database_guard(
     left_behind = scalar_rows(
         observer,
         "SELECT (SELECT count(*) FROM orders WHERE id = CAST(:id AS uuid)),"
-        " (SELECT count(*) FROM stock_movements WHERE fence = :fence)",
+        # Fences count per SKU: only HOT's ledger can hold a trace of the stale lease.
+        " (SELECT count(*) FROM stock_movements WHERE sku = 'HOT' AND fence = :fence)",
         id=payload["order_id"],
         fence=stale.fence,
     )[0]

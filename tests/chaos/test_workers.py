@@ -19,15 +19,8 @@ import time
 
 from sqlalchemy import Engine
 
-from tests.chaos.harness import (
-    SHORT_LIMITS,
-    FlashSale,
-    assert_sound,
-    broker_backlog,
-    drain,
-    log_lines,
-    scalar_rows,
-)
+from tests.chaos.figures import assert_sound, scalar_rows
+from tests.chaos.harness import SHORT_LIMITS, FlashSale, broker_backlog, drain, log_lines
 from tests.chaos.report import Recorder
 from worker.stack import LocalStack, WorkerProcess
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -27,6 +28,21 @@ def _scratch(port: int) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=port)
 
 
+@contextmanager
+def _participant(
+    urls: list[str], scratch_port: int, parties: int
+) -> Iterator[tuple[redis.Redis, Redlock]]:
+    """A child's scratch client and Redlock, opened after the start barrier, closed at the end."""
+    scratch = _scratch(scratch_port)
+    redlock = Redlock(urls)
+    try:
+        _barrier(scratch, parties)
+        yield scratch, redlock
+    finally:
+        redlock.close()
+        scratch.close()
+
+
 def _barrier(scratch: redis.Redis, parties: int) -> None:
     """Wait until ``parties`` children have arrived, so the contention starts all at once."""
     scratch.incr("barrier")
@@ -41,10 +57,7 @@ def exclusion_worker(
     urls: list[str], scratch_port: int, worker: int, parties: int, iterations: int, hold_s: float
 ) -> None:
     """Read-modify-write a shared counter under the lock; count any overlap of holders."""
-    scratch = _scratch(scratch_port)
-    redlock = Redlock(urls)
-    try:
-        _barrier(scratch, parties)
+    with _participant(urls, scratch_port, parties) as (scratch, redlock):
         for _ in range(iterations):
             with redlock.lock("exclusion", ttl_ms=5000, retry=PATIENT) as lease:
                 if scratch.incr("inside") != 1:
@@ -55,26 +68,17 @@ def exclusion_worker(
                 scratch.rpush("holders", worker)
                 lease.check()
                 scratch.decr("inside")
-    finally:
-        redlock.close()
-        scratch.close()
 
 
 def fence_worker(
     urls: list[str], scratch_port: int, worker: int, parties: int, iterations: int
 ) -> None:
     """Append each fenced lease's fence to a list, inside its critical section."""
-    scratch = _scratch(scratch_port)
-    redlock = Redlock(urls)
-    try:
-        _barrier(scratch, parties)
+    with _participant(urls, scratch_port, parties) as (scratch, redlock):
         for _ in range(iterations):
             with redlock.lock("fenced", ttl_ms=5000, fence=True, retry=PATIENT) as lease:
                 scratch.rpush("fences", lease.fence or 0)
                 scratch.rpush("fence-holders", worker)
-    finally:
-        redlock.close()
-        scratch.close()
 
 
 def multi_resource_worker(
@@ -86,19 +90,13 @@ def multi_resource_worker(
     iterations: int,
 ) -> None:
     """Lock several resources at once (each worker names them in its own order)."""
-    scratch = _scratch(scratch_port)
-    redlock = Redlock(urls)
-    try:
-        _barrier(scratch, parties)
+    with _participant(urls, scratch_port, parties) as (scratch, redlock):
         for _ in range(iterations):
             with redlock.lock(resources, ttl_ms=5000, retry=PATIENT):
                 if scratch.incr("inside") != 1:
                     scratch.incr("overlaps")
                 scratch.hincrby("progress", str(worker), 1)
                 scratch.decr("inside")
-    finally:
-        redlock.close()
-        scratch.close()
 
 
 def delete_hammer(ports: list[int], key: str) -> None:

@@ -30,7 +30,12 @@ class Suspects(Enum):
 
 
 def fan_out(
-    nodes: Sequence[Node], payload: bytes, *, read_timeout_s: float, suspects: Suspects
+    nodes: Sequence[Node],
+    payload: bytes,
+    *,
+    read_timeout_s: float,
+    suspects: Suspects,
+    await_replies: bool = True,
 ) -> list[object]:
     """Send ``payload`` to every node, then collect one reply (or `NodeError`) per node.
 
@@ -38,6 +43,8 @@ def fan_out(
     :param payload: one RESP-encoded command, identical for every node.
     :param read_timeout_s: how long after the last send the round waits for replies.
     :param suspects: how suspected nodes are treated.
+    :param await_replies: False to return right after sending: every reply is owed
+        (skipped by the next read on its connection) and reported as None.
     """
     now = time.monotonic()
     replies: list[object] = [None] * len(nodes)
@@ -55,6 +62,10 @@ def fan_out(
             replies[index] = NodeError(node.name, "not awaited: timed out recently", timed_out=True)
         else:
             waiting.append(index)
+    if not await_replies:
+        for index in waiting:
+            nodes[index].owe_reply()
+        return replies
     deadline = time.monotonic() + read_timeout_s
     for index in waiting:
         replies[index] = nodes[index].read(deadline)

@@ -20,6 +20,9 @@ class ReleaseOutcome(Enum):
     EXPIRED = "expired"
     #: Too many nodes failed to answer to tell; the keys expire by their TTL.
     UNCONFIRMED = "unconfirmed"
+    #: Sent without waiting for the replies (``confirm=False``): on every node that
+    #: still held the token the keys are gone once the node reads the request.
+    SENT = "sent"
 
 
 @dataclass(eq=False, kw_only=True)

@@ -12,20 +12,23 @@ Fencing tokens
 ``acquire(..., fence=True)`` also returns ``lease.fence``, an integer strictly
 greater than the fence of every earlier fenced lease that covered any of the
 same resources. Each node keeps a counter per resource (key ``fence_prefix +
-resource``, no TTL). The acquire script returns, with the grant, the highest
-counter among the lease's resources on that node; the client takes the maximum
-over the granting nodes plus one, and writes it back with a second script that
-only writes while the node still holds the lease's token, on a majority of nodes,
-before the lease is handed out. Why it is monotonic: a later lease's grant
-majority shares at least one node with the earlier lease's write-back majority,
-and on that node the later grant could only happen after the earlier token was
-gone, i.e. after its write-back, so the later lease reads a counter >= the
-earlier fence. Assumptions: no majority of nodes loses its counters (persist the
-lock nodes with AOF, or restart a node that lost its data only after the maximum
-TTL and never with an older counter), and nothing else writes those keys. Cost:
-one extra round trip per fenced acquisition. Store the fence next to the data it
-guards and refuse writes with a smaller one: that is what makes a paused,
-expired holder harmless.
+resource``, no TTL). On a grant, the acquire script sets the lease's counters on
+that node to one more than the highest of them and returns that value; the
+lease's fence is the maximum over the granting nodes. When every granting node
+returned the same value, each of them now holds the fence itself, and nothing
+more is needed. Otherwise (a node missed earlier grants, or lost its counters)
+a second script writes the fence back, only while the node still holds the
+lease's token, and a majority must confirm before the lease is handed out.
+Why it is monotonic: the nodes that hold the fence (the granting majority, or
+the write-back majority) share at least one node with a later lease's grant
+majority; on that node the later grant could only happen after this lease's
+token was gone, so after the counter was set, and it then counts past it.
+Assumptions: no majority of nodes loses its counters (persist the lock nodes
+with AOF, or restart a node that lost its data only after the maximum TTL and
+never with an older counter), and nothing else writes those keys. Cost: none in
+the steady state (the nodes agree); one extra round trip after they diverged.
+Store the fence next to the data it guards and refuse writes with a smaller
+one: that is what makes a paused, expired holder harmless.
 """
 
 from __future__ import annotations
@@ -151,7 +154,8 @@ class Redlock:
 
         :param resources: one resource name or several (all-or-nothing).
         :param ttl_ms: how long the nodes keep the lease, in milliseconds.
-        :param fence: also issue a fencing token (one more round trip).
+        :param fence: also issue a fencing token (one more round trip only when the
+            nodes' counters disagree, e.g. after a node lost them).
         :param retry: overrides the lock's default retry policy.
         :raises LockContended: another holder kept the lock on every attempt.
         :raises QuorumUnavailable: too many nodes failed on the last attempt.
@@ -206,15 +210,24 @@ class Redlock:
         lease.valid_until_s = started_s + (ttl_ms - drift_ms(ttl_ms)) / 1000
         return lease
 
-    def release(self, lease: Lease) -> ReleaseOutcome:
+    def release(self, lease: Lease, *, confirm: bool = True) -> ReleaseOutcome:
         """Delete the lease's keys on every node that still holds its token.
 
         Returns `ReleaseOutcome.EXPIRED` instead of raising when the lease had
         already lapsed; calling it again returns the first outcome.
+
+        :param confirm: False to send the release and return `ReleaseOutcome.SENT`
+            without waiting a round trip; the replies are read and dropped by the
+            next round on the same connections. For hot paths that would only log
+            the outcome: the lease stops being usable here either way.
         """
         if lease.release_outcome is not None:
             return lease.release_outcome
         payload = self._commands.release(lease.resources, lease.token)
+        if not confirm:
+            self._round(payload, Suspects.SEND, await_replies=False)
+            lease.release_outcome = ReleaseOutcome.SENT
+            return ReleaseOutcome.SENT
         replies = self._round(payload, Suspects.SEND)
         released = sum(1 for reply in replies if reply == len(lease.resources))
         failed = sum(1 for reply in replies if isinstance(reply, NodeError))
@@ -297,9 +310,12 @@ class Redlock:
         fence_value: int | None = None
         committed = True
         if len(granted) >= self._quorum and fence:
-            fence_value = max(int(reply) for reply in granted if isinstance(reply, int)) + 1
-            # A failed commit still leaves the grants on the nodes: released below.
-            committed = self._commit_fence(names, token, fence_value)
+            values = {int(reply) for reply in granted if isinstance(reply, int)}
+            fence_value = max(values)
+            if len(values) > 1:
+                # Some granting node counted from lower: write the fence back. A failed
+                # commit still leaves the grants on the nodes: released below.
+                committed = self._commit_fence(names, token, fence_value)
         valid_ms = validity_ms(ttl_ms, (self._clock() - started_s) * 1000)
         if len(granted) >= self._quorum and committed and valid_ms > 0:
             return Lease(
@@ -320,7 +336,9 @@ class Redlock:
         replies = self._round(self._commands.commit_fence(names, token, fence), Suspects.SKIP)
         return sum(1 for reply in replies if reply == 1) >= self._quorum
 
-    def _round(self, payload: bytes, suspects: Suspects) -> list[object]:
+    def _round(
+        self, payload: bytes, suspects: Suspects, *, await_replies: bool = True
+    ) -> list[object]:
         with self._io_lock:
             if suspects is Suspects.SKIP:
                 now = time.monotonic()
@@ -331,7 +349,11 @@ class Redlock:
                     # loaded host): ask them again, at the cost of one read timeout.
                     suspects = Suspects.AWAIT
             return fan_out(
-                self._nodes, payload, read_timeout_s=self._read_timeout_s, suspects=suspects
+                self._nodes,
+                payload,
+                read_timeout_s=self._read_timeout_s,
+                suspects=suspects,
+                await_replies=await_replies,
             )
 
     def _not_acquired(

@@ -35,8 +35,9 @@ return 1
 """)
 
 # KEYS: n lock keys, then their n fence counter keys; ARGV[1]: token; ARGV[2]: ttl in ms.
-# Returns -1 when any lock key is held; otherwise sets every lock key and returns
-# the highest fence counter among the n counters (0 when none was ever written).
+# Returns -1 when any lock key is held; otherwise sets every lock key, sets all n
+# counters to one more than the highest of them and returns that new value (the
+# node's fence for this lease; 1 when no counter was ever written).
 ACQUIRE_FENCED = Script("""
 local n = #KEYS / 2
 for i = 1, n do
@@ -47,6 +48,10 @@ for i = 1, n do
   redis.call('set', KEYS[i], ARGV[1], 'px', ARGV[2])
   local seen = tonumber(redis.call('get', KEYS[n + i]) or '0')
   if seen > high then high = seen end
+end
+high = high + 1
+for i = 1, n do
+  redis.call('set', KEYS[n + i], high)
 end
 return high
 """)

@@ -144,7 +144,7 @@ class OrderPlacer:
                 return self._recorded_or_raise(request, str(error))
             raise StockUnavailable(request.order_id, str(error)) from None
         finally:
-            redlock.release(lease)
+            redlock.release(lease, confirm=False)
 
     def _advance_fences(
         self, redlock: Redlock, resources: list[str], request: OrderRequest

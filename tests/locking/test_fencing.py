@@ -101,7 +101,10 @@ def test_a_failed_fence_commit_leaves_no_lock_key(
     make_redlock: MakeRedlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
 ) -> None:
     """Keys vanish on two nodes between the grant and the fence write-back: the attempt
-    fails, and the third node's grant must be taken back, not left to block for a TTL."""
+    fails, and the third node's grant must be taken back, not left to block for a TTL.
+
+    The write-back only runs when the granting nodes disagree, so the third node's
+    counter is pushed ahead before every attempt."""
     redlock = make_redlock()
     hammer = multiprocessing.get_context("spawn").Process(
         target=_procs.delete_hammer,
@@ -116,6 +119,7 @@ def test_a_failed_fence_commit_leaves_no_lock_key(
             assert time.monotonic() < deadline, "the delete hammer never started"
             time.sleep(0.01)
         for _ in range(300):
+            clients[2].incrby("redlock-fence:f", 10)
             try:
                 lease = redlock.acquire("f", ttl_ms=30_000, fence=True, retry=NO_RETRY)
             except LockContended:
@@ -129,6 +133,29 @@ def test_a_failed_fence_commit_leaves_no_lock_key(
         hammer.join()
         hammer.close()
     assert failures > 0, "the keys never vanished in time: the race was not exercised"
+
+
+def test_agreeing_nodes_cost_one_round_and_disagreeing_ones_are_written_back(
+    redlock: Redlock, clients: list[redis.Redis]
+) -> None:
+    def script_calls() -> list[int]:
+        return [
+            int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+            for client in clients
+        ]
+
+    redlock.release(redlock.acquire("f", ttl_ms=2000, fence=True))  # connect, sync counters
+    before = script_calls()
+    lease = redlock.acquire("f", ttl_ms=2000, fence=True)
+    assert [after - first for after, first in zip(script_calls(), before, strict=True)] == [1] * 3
+    redlock.release(lease)
+    clients[1].set("redlock-fence:f", 40)  # as if node 1 had seen grants the others missed
+    before = script_calls()
+    lease = redlock.acquire("f", ttl_ms=2000, fence=True)
+    assert lease.fence == 41
+    assert [after - first for after, first in zip(script_calls(), before, strict=True)] == [2] * 3
+    redlock.release(lease)
+    assert [client.get("redlock-fence:f") for client in clients] == [b"41"] * 3
 
 
 @pytest.mark.slow

@@ -217,6 +217,25 @@ def test_release_never_deletes_another_holders_key(
     assert held_by(clients, "redlock:taken") == [FOREIGN] * 3
 
 
+def test_an_unconfirmed_release_frees_the_keys_and_its_replies_are_skipped_later(
+    make_redlock: MakeRedlock, clients: list[redis.Redis]
+) -> None:
+    first, second = make_redlock(), make_redlock()
+    for round_ in range(3):
+        lease = first.acquire("r", ttl_ms=5000, fence=True)
+        assert lease.fence == 2 * round_ + 1  # a skipped reply read as this one would differ
+        assert first.release(lease, confirm=False) is ReleaseOutcome.SENT
+        assert first.release(lease) is ReleaseOutcome.SENT  # the first outcome stands
+        # Another client takes it well before the TTL: the nodes ran the release.
+        other = second.acquire("r", ttl_ms=5000, fence=True)
+        assert held_by(clients, "redlock:r") == [other.token.encode()] * 3
+        assert second.release(other) is ReleaseOutcome.RELEASED
+    # The owed replies were consumed, not mistaken for the answers of later rounds.
+    assert first.ping() == dict.fromkeys(first.node_names)
+    lease = first.acquire("r", ttl_ms=5000)
+    assert first.release(lease) is ReleaseOutcome.RELEASED
+
+
 def test_release_with_two_nodes_gone_is_unconfirmed(
     redlock: Redlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
 ) -> None:

@@ -189,12 +189,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--orders", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", default=None, help="substring of config names to run")
+    parser.add_argument("--only", default=None, help="configuration names to run, separated by |")
     parser.add_argument(
         "--paced-rate", type=float, default=100.0, help="orders/s of the latency pass"
     )
     args = parser.parse_args()
-    configs = [c for c in CONFIGS if args.only is None or args.only in c.name]
+    wanted = None if args.only is None else args.only.split("|")
+    configs = [c for c in CONFIGS if wanted is None or c.name in wanted]
     runs: dict[str, list[dict[str, object]]] = {c.name: [] for c in configs}
     for round_ in range(args.rounds):
         for config in configs:

@@ -62,6 +62,17 @@ class StaleFence(OrderError):
         self.fence = fence
 
 
+class OverBudget(OrderError):
+    """A settlement ran longer than its lease could spare; nothing was committed.
+
+    :param budget_ms: the time the lease could spare when the settlement started.
+    """
+
+    def __init__(self, budget_ms: float) -> None:
+        super().__init__(f"settlement ran longer than its budget of {budget_ms:.1f} ms")
+        self.budget_ms = budget_ms
+
+
 class BrokerUnavailable(OrderError):
     """The producer could not hand the order to the broker; nothing was enqueued."""
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Uuid, bindparam, insert, select, text, update
+from sqlalchemy import Connection, Uuid, bindparam, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -33,12 +33,18 @@ RECORD_FUNCTION = text(
 ).bindparams(bindparam("id", type_=Uuid))
 
 
-def is_postgresql(session: Session) -> bool:
+#: Where the statements of this module run: a session in a transaction, or an
+#: autocommit connection (each statement its own transaction).
+Executor = Session | Connection
+
+
+def is_postgresql(session: Executor) -> bool:
     """True when the session's database runs the PostgreSQL functions of migration 0002."""
-    return session.get_bind().dialect.name == "postgresql"
+    bind = session if isinstance(session, Connection) else session.get_bind()
+    return bind.dialect.name == "postgresql"
 
 
-def record_pending(session: Session, request: OrderRequest) -> OrderState:
+def record_pending(session: Executor, request: OrderRequest) -> OrderState:
     """Insert the order as pending, or count one more delivery of an existing one.
 
     :raises OrderConflict: the id exists with a different customer or cart.
@@ -107,7 +113,7 @@ def record_rejected(
     return state
 
 
-def fail_pending(session: Session, order_id: uuid.UUID, reason: str) -> OrderState | None:
+def fail_pending(session: Executor, order_id: uuid.UUID, reason: str) -> OrderState | None:
     """Mark a still-pending order failed with ``reason``; a decided order is left alone."""
     session.execute(
         update(ORDERS)
@@ -117,7 +123,7 @@ def fail_pending(session: Session, order_id: uuid.UUID, reason: str) -> OrderSta
     return find_order(session, order_id)
 
 
-def find_order(session: Session, order_id: uuid.UUID) -> OrderState | None:
+def find_order(session: Executor, order_id: uuid.UUID) -> OrderState | None:
     """Return the order's status, or None when no such order was recorded."""
     row = session.execute(
         select(ORDERS.c.status, ORDERS.c.reason, ORDERS.c.attempts).where(ORDERS.c.id == order_id)
@@ -127,8 +133,7 @@ def find_order(session: Session, order_id: uuid.UUID) -> OrderState | None:
     return OrderState(order_id, OrderStatus(row.status), row.reason, row.attempts)
 
 
-def _upsert(session: Session, values: dict[str, Any]) -> Any:
+def _upsert(session: Executor, values: dict[str, Any]) -> Any:
     """Return the dialect's INSERT that supports ON CONFLICT (PostgreSQL or SQLite)."""
-    dialect = session.get_bind().dialect.name
-    module = postgresql if dialect == "postgresql" else sqlite
+    module = postgresql if is_postgresql(session) else sqlite
     return module.insert(ORDERS).values(**values)

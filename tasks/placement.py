@@ -10,13 +10,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
 
 from locking import (
     NO_RETRY,
@@ -27,10 +22,10 @@ from locking import (
     Redlock,
     RetryPolicy,
 )
-from tasks.errors import DatabaseUnavailable, StaleFence, StockUnavailable
-from tasks.models import TERMINAL, OrderStatus
-from tasks.orders import OrderState, fail_pending, find_order, record_pending
-from tasks.settlement import highest_fence, settle
+from tasks.errors import OverBudget, StaleFence, StockUnavailable
+from tasks.models import TERMINAL
+from tasks.orders import OrderState
+from tasks.store import OrderStore
 from tasks.validation import OrderRequest
 
 logger = logging.getLogger(__name__)
@@ -56,27 +51,24 @@ class LockPolicy:
 class OrderPlacer:
     """Places orders against one database and, unless disabled, one Redlock.
 
-    :param sessions: the session factory of this process.
+    :param store: the database steps of this process.
     :param redlock: the lock, or None to rely on the database guard alone
         (benchmarks only: the guard stays correct, contention is just higher).
     :param policy: lock TTL and in-task wait.
-    :param max_deliveries: deliveries of one order after which it is failed as poison.
     """
 
     def __init__(
         self,
         *,
-        sessions: sessionmaker[Session],
+        store: OrderStore,
         redlock: Redlock | None,
         policy: LockPolicy = LockPolicy(),
-        max_deliveries: int = 20,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        self._sessions = sessions
+        self._store = store
         self._redlock = redlock
         self._policy = policy
-        self._max_deliveries = max_deliveries
         self._sleep = sleep
         self._rng = rng or random.Random()
 
@@ -88,30 +80,23 @@ class OrderPlacer:
         :raises DatabaseUnavailable: the database failed; nothing half-done remains.
         """
         if self._redlock is None:
-            with self._transaction() as session:
-                state = self._record(session, request)
-                if state.status in TERMINAL:
-                    return state
-                decided = settle(session, skus=request.skus, fence=None).decided
-            return self._state_after(request, decided)
+            return self._settle_until_decided(request, None, None, record=True)
         return self._place_locked(request, self._redlock)
 
     def state_of(self, request: OrderRequest) -> OrderState:
         """Read the order's current state."""
-        with self._transaction() as session:
-            state = find_order(session, request.order_id)
-        assert state is not None, "a recorded order cannot vanish"
-        return state
+        return self._store.state(request.order_id)
 
-    def _record(self, session: Session, request: OrderRequest) -> OrderState:
-        state = record_pending(session, request)
-        if state.status is OrderStatus.PENDING and (state.attempts or 0) > self._max_deliveries:
-            # Redelivered again and again (a crash in its path): stop, visibly.
-            state = fail_pending(session, request.order_id, "too_many_attempts") or state
-        return state
+    def record(self, request: OrderRequest) -> OrderState:
+        """Record the order (pending) on its own; return its state."""
+        return self._store.record(request)
+
+    def fail(self, request: OrderRequest, reason: str) -> OrderState:
+        """End the order ``failed`` with ``reason`` unless it was decided; record it if needed."""
+        return self._store.fail(request, reason)
 
     def _place_locked(self, request: OrderRequest, redlock: Redlock) -> OrderState:
-        """Uncontended: one transaction records and settles. Contended: record, then wait.
+        """Uncontended: one step records and settles. Contended: record, then wait.
 
         A waiting order is visible to the holder, which settles it with its own
         (flat combining); the waiter mostly finds its order decided.
@@ -134,7 +119,7 @@ class OrderPlacer:
         wait_ms = (time.monotonic() - started_s) * 1000
         try:
             return self._settle_until_decided(request, lease, wait_ms, record=not recorded)
-        except (LeaseLost, StaleFence) as error:
+        except (LeaseLost, StaleFence, OverBudget) as error:
             logger.warning(
                 "Order %r: settlement aborted, will retry: %s", str(request.order_id), error
             )
@@ -144,6 +129,7 @@ class OrderPlacer:
                 return self._recorded_or_raise(request, str(error))
             raise StockUnavailable(request.order_id, str(error)) from None
         finally:
+            # Nothing here acts on the outcome, so the round trip is not waited for.
             redlock.release(lease, confirm=False)
 
     def _advance_fences(
@@ -154,33 +140,16 @@ class OrderPlacer:
         A stale holder changes nothing by this; lock nodes that lost their counters
         (restarted empty) issue fences the guard accepts again from the next lease.
         """
-        with self._transaction() as session:
-            highest = highest_fence(session, request.skus)
+        highest = self._store.highest_fence(request.skus)
         confirmed = redlock.advance_fence(resources, highest)
         logger.warning(
             "Fence counters of %r raised to %d on %d node(s).", resources, highest, confirmed
         )
 
-    def record(self, request: OrderRequest) -> OrderState:
-        """Record the order (pending) in a transaction of its own; return its state."""
-        with self._transaction() as session:
-            return self._record(session, request)
-
-    def fail(self, request: OrderRequest, reason: str) -> OrderState:
-        """End the order ``failed`` with ``reason`` unless it was decided; record it if needed."""
-        with self._transaction() as session:
-            # Not a new delivery: record only an order that never reached the database.
-            state = find_order(session, request.order_id) or record_pending(session, request)
-            if state.status in TERMINAL:
-                return state
-            failed = fail_pending(session, request.order_id, reason)
-        assert failed is not None, "recorded in this transaction"
-        return failed
-
     def _recorded_or_raise(self, request: OrderRequest, cause: str) -> OrderState:
         """Make sure a retried order exists (pending) before the task retries it.
 
-        The uncontended path records the order in the same transaction as its
+        The uncontended path records the order in the same step as its
         settlement; when that path cannot run, the order must not vanish.
         """
         state = self.record(request)
@@ -216,51 +185,27 @@ class OrderPlacer:
         raise StockUnavailable(request.order_id, f"lock contended after {wait.attempts} attempts")
 
     def _settle_until_decided(
-        self, request: OrderRequest, lease: Lease, wait_ms: float, *, record: bool
+        self, request: OrderRequest, lease: Lease | None, wait_ms: float | None, *, record: bool
     ) -> OrderState:
-        def check() -> None:
-            lease.check(margin_ms=COMMIT_MARGIN_MS)
+        """Settle (recording first if asked) until the order is decided or nothing moves.
 
+        Under a lease every step must finish with `COMMIT_MARGIN_MS` of validity to
+        spare; the store refuses to commit a step that ran past that budget.
+        """
         while True:
-            with self._transaction() as session:
-                if record:
-                    record = False
-                    state = self._record(session, request)
-                    if state.status in TERMINAL:
-                        return state
-                decided = settle(
-                    session,
-                    skus=request.skus,
-                    fence=lease.fence,
-                    before_commit=check,
-                    own_order=(request.order_id, wait_ms),
-                ).decided
-            state = self._state_after(request, decided)
-            if state.status in TERMINAL or not decided:
+            budget_ms = None
+            if lease is not None:
+                lease.check(margin_ms=COMMIT_MARGIN_MS)
+                budget_ms = lease.remaining_ms() - COMMIT_MARGIN_MS
+            settled = self._store.settle(
+                request,
+                record=record,
+                fence=None if lease is None else lease.fence,
+                wait_ms=wait_ms,
+                budget_ms=budget_ms,
+            )
+            record = False
+            if settled.state.status in TERMINAL or not settled.decided:
                 # Decided, or nothing left to settle while ours is still pending: its
                 # row is locked by another run; the task looks again later.
-                return state
-
-    def _state_after(
-        self, request: OrderRequest, decided: dict[uuid.UUID, tuple[OrderStatus, str | None]]
-    ) -> OrderState:
-        if request.order_id in decided:
-            status, reason = decided[request.order_id]
-            return OrderState(request.order_id, status, reason, attempts=None)
-        return self.state_of(request)
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Session]:
-        """A session in one transaction; driver errors become `DatabaseUnavailable`."""
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except DBAPIError as error:
-            if error.connection_invalidated or _is_operational(error):
-                raise DatabaseUnavailable(str(error.orig).strip()[:300]) from None
-            raise
-
-
-def _is_operational(error: DBAPIError) -> bool:
-    name = type(error.orig).__name__
-    return name in {"OperationalError", "InterfaceError"} or "Operational" in type(error).__name__
+                return settled.state

@@ -6,6 +6,7 @@ from locking import Redlock, RetryPolicy
 from tasks.db import create_db_engine, session_factory
 from tasks.placement import LockPolicy, OrderPlacer
 from tasks.runtime import RetryBudget, Runtime
+from tasks.store import OrderStore
 from worker.settings import Settings
 
 
@@ -37,10 +38,9 @@ def build_runtime(settings: Settings) -> Runtime:
         sessions=sessions,
         redlock=redlock,
         placer=OrderPlacer(
-            sessions=sessions,
+            store=OrderStore(engine=engine, max_deliveries=settings.order_max_deliveries),
             redlock=redlock,
             policy=policy,
-            max_deliveries=settings.order_max_deliveries,
         ),
         budget=RetryBudget(
             max_retries=settings.order_max_retries,

@@ -1,0 +1,114 @@
+"""`tasks.store.OrderStore` on PostgreSQL (one autocommitted statement per step) and SQLite."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Engine, update
+
+from tasks.errors import OrderConflict, OverBudget, StaleFence
+from tasks.models import OrderStatus, Product
+from tasks.orders import OrderState
+from tasks.store import OrderStore
+from tests.domain import fences, movements, order_row, request, stock
+from tests.sale import seed_products
+from tests.tasks.conftest import Record
+
+
+@pytest.fixture
+def store(engine: Engine) -> OrderStore:
+    return OrderStore(engine=engine, max_deliveries=3)
+
+
+def outcome(state: OrderState) -> tuple[OrderStatus, str | None]:
+    return state.status, state.reason
+
+
+def test_one_step_records_and_settles_the_order_and_those_waiting(
+    store: OrderStore, engine: Engine, record: Record
+) -> None:
+    seed_products(engine, {"A": 2})
+    waiting = record({"A": 1})
+    order = request({"A": 1})
+    settled = store.settle(order, record=True, fence=4, wait_ms=1.5, budget_ms=5000.0)
+    assert (outcome(settled.state), settled.decided) == ((OrderStatus.CONFIRMED, None), 2)
+    assert settled.state.attempts == 1
+    row, other = order_row(engine, order.order_id), order_row(engine, waiting.order_id)
+    assert row is not None and other is not None
+    assert (row.status, row.lock_wait_ms, other.status) == ("confirmed", 1.5, "confirmed")
+    assert (stock(engine), fences(engine)) == ({"A": 0}, {"A": 4})
+
+
+def test_a_settle_step_without_recording_decides_an_order_recorded_before(
+    store: OrderStore, engine: Engine, record: Record
+) -> None:
+    seed_products(engine, {"A": 1})
+    first, second = record({"A": 1}), record({"A": 1})
+    settled = store.settle(second, record=False, fence=None, wait_ms=None, budget_ms=None)
+    assert outcome(settled.state) == (OrderStatus.REJECTED, "insufficient_stock")
+    assert outcome(store.state(first.order_id)) == (OrderStatus.CONFIRMED, None)
+    assert order_row(engine, second.order_id).attempts == 1  # type: ignore[union-attr]
+
+
+def test_a_step_over_its_budget_commits_nothing(store: OrderStore, engine: Engine) -> None:
+    seed_products(engine, {"A": 2})
+    order = request({"A": 1})
+    with pytest.raises(OverBudget):
+        # No time to spare at all: the check before the commit must refuse.
+        store.settle(order, record=True, fence=1, wait_ms=0.0, budget_ms=0.0)
+    assert order_row(engine, order.order_id) is None
+    assert (stock(engine), fences(engine), movements(engine)) == ({"A": 2}, {"A": 0}, [])
+
+
+def test_a_stale_fence_commits_nothing(store: OrderStore, engine: Engine) -> None:
+    seed_products(engine, {"A": 2})
+    with engine.begin() as connection:
+        connection.execute(update(Product).values(fence=9))
+    order = request({"A": 1})
+    with pytest.raises(StaleFence):
+        store.settle(order, record=True, fence=8, wait_ms=0.0, budget_ms=5000.0)
+    assert order_row(engine, order.order_id) is None
+    assert (stock(engine), movements(engine)) == ({"A": 2}, [])
+
+
+def test_a_replayed_order_keeps_its_decision_and_counts_the_delivery(
+    store: OrderStore, engine: Engine
+) -> None:
+    seed_products(engine, {"A": 2})
+    order = request({"A": 1})
+    store.settle(order, record=True, fence=None, wait_ms=None, budget_ms=None)
+    again = store.settle(order, record=True, fence=None, wait_ms=None, budget_ms=None)
+    assert (outcome(again.state), again.state.attempts, again.decided) == (
+        (OrderStatus.CONFIRMED, None),
+        2,
+        0,
+    )
+    assert stock(engine) == {"A": 1}
+
+
+def test_a_reused_id_with_another_cart_is_a_conflict(store: OrderStore, engine: Engine) -> None:
+    seed_products(engine, {"A": 2, "B": 2})
+    order = request({"A": 1})
+    store.settle(order, record=True, fence=None, wait_ms=None, budget_ms=None)
+    with pytest.raises(OrderConflict):
+        store.settle(
+            request({"B": 1}, order_id=str(order.order_id)),
+            record=True,
+            fence=None,
+            wait_ms=None,
+            budget_ms=None,
+        )
+    assert stock(engine) == {"A": 1, "B": 2}
+
+
+def test_an_order_delivered_too_often_fails_in_either_step(
+    store: OrderStore, engine: Engine
+) -> None:
+    seed_products(engine, {"A": 2})
+    held, settled = request({"A": 1}), request({"A": 1})
+    for _ in range(3):  # max_deliveries=3: the fourth delivery is one too many
+        assert store.record(held).status is OrderStatus.PENDING
+        assert store.record(settled).status is OrderStatus.PENDING
+    assert outcome(store.record(held)) == (OrderStatus.FAILED, "too_many_attempts")
+    fourth = store.settle(settled, record=True, fence=None, wait_ms=None, budget_ms=None)
+    assert outcome(fourth.state) == (OrderStatus.FAILED, "too_many_attempts")
+    assert stock(engine) == {"A": 2}

@@ -19,14 +19,18 @@ def normalize_url(url: str) -> URL:
     return parsed
 
 
-def create_db_engine(url: str, *, pool_size: int = 2) -> Engine:
+def create_db_engine(url: str | URL, *, pool_size: int = 2, autocommit: bool = False) -> Engine:
     """Create an engine for ``url``; connects lazily, on first use.
 
     :param url: a SQLAlchemy URL (``postgresql://...`` or ``sqlite:///file``).
     :param pool_size: connections kept per process (a worker process runs one task).
+    :param autocommit: every statement commits on its own (PostgreSQL only). Made at
+        creation, not per checkout: switching a connection's mode costs round trips.
     """
-    parsed = normalize_url(url)
+    parsed = normalize_url(url) if isinstance(url, str) else url
     if parsed.get_backend_name() == "sqlite":
+        if autocommit:
+            raise ValueError("autocommit engines are for PostgreSQL only")
         engine = create_engine(parsed, connect_args={"timeout": 30})
         _serialize_sqlite_writers(engine)
         return engine
@@ -37,6 +41,7 @@ def create_db_engine(url: str, *, pool_size: int = 2) -> Engine:
         # No pre-ping: it costs a round trip per checkout on the hot path. A dead
         # connection fails its statement instead, which is retried like any outage.
         connect_args={"connect_timeout": 5},
+        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
     )
 
 

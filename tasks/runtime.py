@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from locking import Redlock
 from tasks.placement import OrderPlacer
+from tasks.store import OrderStore
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +42,7 @@ class Runtime:
 
     engine: Engine
     sessions: sessionmaker[Session]
+    store: OrderStore
     redlock: Redlock | None
     placer: OrderPlacer
     budget: RetryBudget
@@ -82,6 +84,7 @@ def reset() -> None:
     global _runtime, _pid
     if _runtime is not None:
         _runtime.engine.dispose(close=_pid == os.getpid())
+        _runtime.store.dispose(close=_pid == os.getpid())
         if _runtime.redlock is not None and _pid == os.getpid():
             _runtime.redlock.close()
     _runtime = None

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, Uuid, bindparam, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from tasks.db import session_factory
+from tasks.db import create_db_engine, session_factory
 from tasks.errors import DatabaseUnavailable, OrderConflict, OverBudget, StaleFence
 from tasks.models import TERMINAL, OrderStatus
 from tasks.orders import Executor, OrderState, fail_pending, find_order, record_pending
@@ -47,15 +47,27 @@ class Settled:
 class OrderStore:
     """Records, settles and reads orders for one process.
 
-    :param engine: the process's engine (PostgreSQL or SQLite).
+    :param engine: the process's engine (PostgreSQL or SQLite); on PostgreSQL the
+        store also opens a pool of autocommit connections to the same database.
     :param max_deliveries: deliveries of one order after which it is failed as poison.
+    :param pool_size: connections kept in that autocommit pool.
     """
 
-    def __init__(self, *, engine: Engine, max_deliveries: int = 20) -> None:
+    def __init__(self, *, engine: Engine, max_deliveries: int = 20, pool_size: int = 2) -> None:
         self._sessions = session_factory(engine)
         self._postgresql = engine.dialect.name == "postgresql"
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # A pool of its own, in autocommit from the start (see `create_db_engine`).
+        self._statements = (
+            create_db_engine(engine.url, pool_size=pool_size, autocommit=True)
+            if self._postgresql
+            else None
+        )
         self._max_deliveries = max_deliveries
+
+    def dispose(self, *, close: bool = True) -> None:
+        """Drop the store's own connections; ``close=False`` in a forked child."""
+        if self._statements is not None:
+            self._statements.dispose(close=close)
 
     def record(self, request: OrderRequest) -> OrderState:
         """Record the order as pending (or count a redelivery); return its state.
@@ -169,11 +181,11 @@ class OrderStore:
     @contextmanager
     def _step(self) -> Iterator[Executor]:
         """One step: an autocommit connection on PostgreSQL, a transaction on SQLite."""
-        if not self._postgresql:
+        if self._statements is None:
             with self._transaction() as session:
                 yield session
             return
-        with _translated(), self._autocommit.connect() as connection:
+        with _translated(), self._statements.connect() as connection:
             yield connection
 
     @contextmanager

@@ -25,6 +25,11 @@ def build_runtime(settings: Settings) -> Runtime:
     engine = create_db_engine(settings.database_url, pool_size=settings.db_pool_size)
     sessions = session_factory(engine)
     redlock = build_redlock(settings) if settings.lock_enabled else None
+    store = OrderStore(
+        engine=engine,
+        max_deliveries=settings.order_max_deliveries,
+        pool_size=settings.db_pool_size,
+    )
     policy = LockPolicy(
         ttl_ms=settings.redlock_ttl_ms,
         wait=RetryPolicy(
@@ -37,11 +42,8 @@ def build_runtime(settings: Settings) -> Runtime:
         engine=engine,
         sessions=sessions,
         redlock=redlock,
-        placer=OrderPlacer(
-            store=OrderStore(engine=engine, max_deliveries=settings.order_max_deliveries),
-            redlock=redlock,
-            policy=policy,
-        ),
+        store=store,
+        placer=OrderPlacer(store=store, redlock=redlock, policy=policy),
         budget=RetryBudget(
             max_retries=settings.order_max_retries,
             base_s=settings.order_retry_base_s,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -16,10 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tasks.db import create_db_engine, session_factory
 from tasks.migrate import upgrade
+from tasks.store import OrderStore
 from tasks.validation import OrderRequest
 from tests.domain import record as record_order
 
 Record = Callable[..., OrderRequest]
+MakeStore = Callable[..., OrderStore]
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -45,3 +48,18 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
 def record(sessions: sessionmaker[Session]) -> Record:
     """Record a pending order in its own transaction: ``record({"A": 2}, customer=...)``."""
     return partial(record_order, sessions)
+
+
+@pytest.fixture
+def make_store(engine: Engine) -> Iterator[MakeStore]:
+    """Build `OrderStore` objects on the test's database; their pools are closed after."""
+    made: list[OrderStore] = []
+
+    def make(**options: Any) -> OrderStore:
+        store = OrderStore(engine=engine, **options)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.dispose()

@@ -13,11 +13,10 @@ from tasks.errors import OrderConflict, StockUnavailable
 from tasks.models import OrderStatus, Product
 from tasks.orders import OrderState
 from tasks.placement import LockPolicy, OrderPlacer
-from tasks.store import OrderStore
 from tests.domain import fences, movements, request, settle_now, status, stock
 from tests.locks import lock_fences, lock_values
 from tests.sale import seed_products
-from tests.tasks.conftest import Record
+from tests.tasks.conftest import MakeStore, Record
 from worker.redis_server import RedisServer
 
 #: Waits briefly for a contended lock, so that giving up is quick.
@@ -32,8 +31,8 @@ def redlock(node_urls: list[str]) -> Iterator[Redlock]:
 
 
 @pytest.fixture
-def placer(engine: Engine, redlock: Redlock) -> OrderPlacer:
-    return OrderPlacer(store=OrderStore(engine=engine), redlock=redlock, policy=SHORT_WAIT)
+def placer(make_store: MakeStore, redlock: Redlock) -> OrderPlacer:
+    return OrderPlacer(store=make_store(), redlock=redlock, policy=SHORT_WAIT)
 
 
 def outcome(state: OrderState) -> tuple[OrderStatus, str | None]:
@@ -97,9 +96,11 @@ def test_the_lock_holder_settles_the_orders_waiting_behind_it(
     assert stock(engine) == {"A": 1}
 
 
-def test_without_a_lock_the_database_guard_alone_places_correctly(engine: Engine) -> None:
+def test_without_a_lock_the_database_guard_alone_places_correctly(
+    make_store: MakeStore, engine: Engine
+) -> None:
     seed_products(engine, {"A": 3})
-    placer = OrderPlacer(store=OrderStore(engine=engine), redlock=None)
+    placer = OrderPlacer(store=make_store(), redlock=None)
     states = [placer.place(request({"A": 2})) for _ in range(2)]
     assert [outcome(s) for s in states] == [
         (OrderStatus.CONFIRMED, None),
@@ -122,7 +123,7 @@ def test_a_foreign_lock_makes_the_order_wait_for_a_later_run(
 
 
 def test_an_order_decided_by_the_lock_holder_is_returned_while_waiting(
-    sessions: sessionmaker[Session], redlock: Redlock, engine: Engine
+    sessions: sessionmaker[Session], make_store: MakeStore, redlock: Redlock, engine: Engine
 ) -> None:
     seed_products(engine, {"A": 5})
 
@@ -131,7 +132,7 @@ def test_an_order_decided_by_the_lock_holder_is_returned_while_waiting(
         settle_now(sessions, ["A"])
 
     placer = OrderPlacer(
-        store=OrderStore(engine=engine), redlock=redlock, policy=SHORT_WAIT, sleep=holder_settles
+        store=make_store(), redlock=redlock, policy=SHORT_WAIT, sleep=holder_settles
     )
     with redlock.lock("sku:A", ttl_ms=30_000):
         state = placer.place(request({"A": 2}))
@@ -177,11 +178,11 @@ def test_without_a_quorum_of_lock_nodes_nothing_moves_until_they_are_back(
 
 
 def test_an_order_delivered_too_often_is_failed_as_poison(
-    redlock: Redlock, engine: Engine, record: Record
+    make_store: MakeStore, redlock: Redlock, engine: Engine, record: Record
 ) -> None:
     seed_products(engine, {"A": 5})
     order = record({"A": 1})
-    placer = OrderPlacer(store=OrderStore(engine=engine, max_deliveries=1), redlock=redlock)
+    placer = OrderPlacer(store=make_store(max_deliveries=1), redlock=redlock)
     assert outcome(placer.place(order)) == (OrderStatus.FAILED, "too_many_attempts")
     assert stock(engine) == {"A": 5}
 

@@ -11,12 +11,12 @@ from tasks.orders import OrderState
 from tasks.store import OrderStore
 from tests.domain import fences, movements, order_row, request, stock
 from tests.sale import seed_products
-from tests.tasks.conftest import Record
+from tests.tasks.conftest import MakeStore, Record
 
 
 @pytest.fixture
-def store(engine: Engine) -> OrderStore:
-    return OrderStore(engine=engine, max_deliveries=3)
+def store(make_store: MakeStore) -> OrderStore:
+    return make_store(max_deliveries=3)
 
 
 def outcome(state: OrderState) -> tuple[OrderStatus, str | None]:

@@ -214,6 +214,8 @@ CONFIGS = [
     Config("db guard only: spread", "spread", lock=False),
     Config("floor, 1 process", "hot", noop=True, processes=1),
     Config("ours: hot SKU, 1 process", "hot", processes=1),
+    Config("ours: hot SKU, no handoff", "hot", env=(("REDLOCK_HANDOFF_MS", "0"),)),
+    Config("ours: spread, no handoff", "spread", env=(("REDLOCK_HANDOFF_MS", "0"),)),
 ]
 
 

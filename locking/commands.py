@@ -15,17 +15,23 @@ from locking.scripts import (
     Script,
 )
 
+#: How long a wake-up nobody waited for stays; a later waiter takes it and finds
+#: the lock free or tries once for nothing.
+WAKE_TTL_MS = 1000
+
 
 class Commands:
     """Builds the payloads of acquire, fence, extend and release for one key namespace.
 
     :param key_prefix: prefix of the lock keys (``<prefix><resource>``).
     :param fence_prefix: prefix of the fence counters (``<prefix><resource>``).
+    :param wake_prefix: prefix of the wake-up lists a release pushes to.
     """
 
-    def __init__(self, *, key_prefix: str, fence_prefix: str) -> None:
+    def __init__(self, *, key_prefix: str, fence_prefix: str, wake_prefix: str) -> None:
         self._key_prefix = key_prefix
         self._fence_prefix = fence_prefix
+        self._wake_prefix = wake_prefix
 
     def acquire(self, names: Sequence[str], token: str, ttl_ms: int, *, fence: bool) -> bytes:
         """SET NX PX for one plain key, else the all-or-nothing (optionally fenced) script."""
@@ -49,8 +55,16 @@ class Commands:
         return _script(EXTEND, self._keys(names), token, ttl_ms)
 
     def release(self, names: Sequence[str], token: str) -> bytes:
-        """Compare-and-delete every key of the lease."""
-        return _script(RELEASE, self._keys(names), token)
+        """Compare-and-delete every key of the lease, waking one waiter per deleted key."""
+        wakes = [self._wake_prefix + name for name in names]
+        return _script(RELEASE, self._keys(names) + wakes, token, WAKE_TTL_MS)
+
+    def wait_released(self, names: Sequence[str], timeout_ms: float) -> bytes:
+        """Block until a release of any of ``names`` pushes a wake-up, or the timeout."""
+        wakes = [self._wake_prefix + name for name in names]
+        # BLPOP takes seconds (fractions since Redis 6); 0 would mean "forever".
+        timeout_s = f"{max(timeout_ms, 1.0) / 1000:.3f}"
+        return encode_command(["BLPOP", *wakes, timeout_s])
 
     def _keys(self, names: Sequence[str]) -> list[str]:
         return [self._key_prefix + name for name in names]

@@ -74,6 +74,7 @@ class Redlock:
         `NodeAddress` objects or ``redis.Redis`` clients (only their address is used).
     :param key_prefix: prefix of the lock keys.
     :param fence_prefix: prefix of the fence counter keys.
+    :param wake_prefix: prefix of the wake-up lists releases push to (`wait_released`).
     :param connect_timeout_ms: bound on connecting to one node, login included.
     :param read_timeout_ms: bound on waiting for the replies of one round.
     :param suspect_ms: how long a node that timed out is skipped by acquisitions (not
@@ -93,6 +94,7 @@ class Redlock:
         *,
         key_prefix: str = "redlock:",
         fence_prefix: str = "redlock-fence:",
+        wake_prefix: str = "redlock-wake:",
         connect_timeout_ms: float = 50.0,
         read_timeout_ms: float = 50.0,
         suspect_ms: float = 1000.0,
@@ -121,7 +123,14 @@ class Redlock:
             for address in addresses
         ]
         self._quorum = quorum(len(self._nodes))
-        self._commands = Commands(key_prefix=key_prefix, fence_prefix=fence_prefix)
+        self._commands = Commands(
+            key_prefix=key_prefix, fence_prefix=fence_prefix, wake_prefix=wake_prefix
+        )
+        # Waits block their connection, so they get connections of their own.
+        self._wait_nodes = [
+            Node(address, connect_timeout_s=connect_timeout_ms / 1000, suspect_s=suspect_ms / 1000)
+            for address in addresses
+        ]
         self._read_timeout_s = read_timeout_ms / 1000
         self._retry = retry
         self._max_extensions = max_extensions
@@ -130,6 +139,7 @@ class Redlock:
         self._rng = rng or random.Random()
         # Node connections are not thread-safe; a keep-alive thread shares them.
         self._io_lock = threading.Lock()
+        self._wait_lock = threading.Lock()
         _INSTANCES.add(self)
 
     @property
@@ -285,6 +295,34 @@ class Redlock:
         payload = self._commands.advance_fence(names, at_least)
         return sum(1 for reply in self._round(payload, Suspects.SKIP) if reply == 1)
 
+    def wait_released(self, resources: str | Sequence[str], *, timeout_ms: float) -> bool:
+        """Block until a lease on any of ``resources`` is released, or ``timeout_ms`` passes.
+
+        A wake-up call for waiters instead of sleeping through a backoff, not a
+        grant: call `acquire` next. Every release leaves one wake-up per resource on
+        each node (kept `locking.commands.WAKE_TTL_MS`), taken by one waiter, first
+        come first served. This waits on one node, the first that is not suspected
+        and takes the request, on a connection of its own; when no node can, it
+        sleeps the timeout instead.
+        Returns True when woken by a release, False on timeout or node trouble.
+
+        :param timeout_ms: the longest wait, in milliseconds.
+        """
+        names = resource_names(resources)
+        if not timeout_ms > 0:
+            raise ValueError(f"timeout_ms must be positive, got {timeout_ms!r}")
+        payload = self._commands.wait_released(names, timeout_ms)
+        deadline_s = time.monotonic() + timeout_ms / 1000
+        with self._wait_lock:
+            reply = self._do_wait(payload, deadline_s)
+        if isinstance(reply, list):
+            return True
+        # Node trouble must not turn a caller's wait loop into a busy loop.
+        left_s = deadline_s - time.monotonic()
+        if left_s > 0:
+            self._sleep(left_s)
+        return False
+
     def ping(self) -> dict[str, NodeError | None]:
         """Return, per node name, None when it answers PING, else its error."""
         replies = self._round(encode_command(["PING"]), Suspects.AWAIT)
@@ -297,6 +335,9 @@ class Redlock:
         """Close every node connection (they reopen on next use)."""
         with self._io_lock:
             for node in self._nodes:
+                node.close()
+        with self._wait_lock:
+            for node in self._wait_nodes:
                 node.close()
 
     def _attempt(self, names: tuple[str, ...], *, ttl_ms: int, fence: bool) -> Lease | list[object]:
@@ -331,6 +372,16 @@ class Redlock:
         if granted or any(isinstance(reply, NodeError) and reply.timed_out for reply in replies):
             self._round(self._commands.release(names, token), Suspects.SEND)
         return replies
+
+    def _do_wait(self, payload: bytes, deadline_s: float) -> object:
+        """Block on the first trusted node that takes the wait; return its reply or None."""
+        now = time.monotonic()
+        for node, waiter in zip(self._nodes, self._wait_nodes, strict=True):
+            if node.is_suspect(now) or waiter.is_suspect(now):
+                continue
+            if waiter.send(payload) is None:
+                return waiter.read(deadline_s + self._read_timeout_s)
+        return None
 
     def _commit_fence(self, names: tuple[str, ...], token: str, fence: int) -> bool:
         replies = self._round(self._commands.commit_fence(names, token, fence), Suspects.SKIP)
@@ -382,6 +433,7 @@ def _reset_io_locks_in_child() -> None:
     # nodes reconnect in the child on first use (`Node.send` compares the pid).
     for redlock in list(_INSTANCES):
         redlock._io_lock = threading.Lock()
+        redlock._wait_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_reset_io_locks_in_child)

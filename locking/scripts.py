@@ -97,14 +97,19 @@ end
 return 1
 """)
 
-# KEYS: the lock keys of the lease; ARGV[1]: token.
+# KEYS: n lock keys, then their n wake-up lists; ARGV[1]: token; ARGV[2]: wake-up TTL in ms.
 # Returns how many keys held the token and were deleted; keys held by another
-# token are left alone.
+# token are left alone. Each deleted key leaves one element in its wake-up list
+# (never more), which wakes one client blocked on it (see `Redlock.wait_released`).
 RELEASE = Script("""
+local n = #KEYS / 2
 local released = 0
-for i = 1, #KEYS do
+for i = 1, n do
   if redis.call('get', KEYS[i]) == ARGV[1] then
     redis.call('del', KEYS[i])
+    redis.call('rpush', KEYS[n + i], 1)
+    redis.call('ltrim', KEYS[n + i], -1, -1)
+    redis.call('pexpire', KEYS[n + i], ARGV[2])
     released = released + 1
   end
 end

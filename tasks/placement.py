@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from locking import (
@@ -39,10 +38,13 @@ class LockPolicy:
     """How an order waits for the lock inside one task run.
 
     :param ttl_ms: lease TTL; must cover one settlement transaction with margin.
+    :param handoff_ms: how long a refused order waits for the lock, woken by
+        releases, before it records itself for the holder to settle (0: at once).
     :param wait: attempts and backoff before the task gives the slot back and retries later.
     """
 
     ttl_ms: int = 5000
+    handoff_ms: float = 20.0
     wait: RetryPolicy = field(
         default_factory=lambda: RetryPolicy(attempts=8, base_delay_ms=2.0, max_delay_ms=50.0)
     )
@@ -63,13 +65,11 @@ class OrderPlacer:
         store: OrderStore,
         redlock: Redlock | None,
         policy: LockPolicy = LockPolicy(),
-        sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
         self._redlock = redlock
         self._policy = policy
-        self._sleep = sleep
         self._rng = rng or random.Random()
 
     def place(self, request: OrderRequest) -> OrderState:
@@ -96,15 +96,19 @@ class OrderPlacer:
         return self._store.fail(request, reason)
 
     def _place_locked(self, request: OrderRequest, redlock: Redlock) -> OrderState:
-        """Uncontended: one step records and settles. Contended: record, then wait.
+        """Record and settle in one step under the lock, got at once or handed over.
 
-        A waiting order is visible to the holder, which settles it with its own
-        (flat combining); the waiter mostly finds its order decided.
+        Refused, the order first waits for a release (a few waiters take turns);
+        refused for longer than `LockPolicy.handoff_ms`, it records itself: a
+        recorded order is visible to the holder, which settles it with its own
+        (flat combining), and the waiter mostly finds it decided.
         """
         resources = [f"sku:{sku}" for sku in request.skus]
         started_s = time.monotonic()
         try:
-            lease = self._try_acquire(redlock, resources, request)
+            lease = self._try_acquire(redlock, resources, request) or self._handoff(
+                redlock, resources, request
+            )
         except StockUnavailable as error:
             return self._recorded_or_raise(request, error.cause)
         recorded = lease is None
@@ -169,13 +173,26 @@ class OrderPlacer:
         except QuorumUnavailable as error:
             raise StockUnavailable(request.order_id, str(error)) from None
 
+    def _handoff(
+        self, redlock: Redlock, resources: list[str], request: OrderRequest
+    ) -> Lease | None:
+        """Wait for releases (without recording) until the lock is ours or time is up."""
+        deadline_s = time.monotonic() + self._policy.handoff_ms / 1000
+        while (left_ms := (deadline_s - time.monotonic()) * 1000) > 0:
+            if not redlock.wait_released(resources, timeout_ms=left_ms):
+                return None
+            lease = self._try_acquire(redlock, resources, request)
+            if lease is not None:
+                return lease
+        return None
+
     def _wait(
         self, redlock: Redlock, resources: list[str], request: OrderRequest
     ) -> Lease | OrderState:
-        """Back off until the order is decided by the holder or the lock is ours."""
+        """Back off (woken early by releases) until the order is decided or the lock is ours."""
         wait = self._policy.wait
         for attempt in range(1, wait.attempts):
-            self._sleep(wait.delay_ms(attempt, self._rng) / 1000)
+            redlock.wait_released(resources, timeout_ms=max(wait.delay_ms(attempt, self._rng), 1.0))
             state = self.state_of(request)
             if state.status in TERMINAL:
                 return state

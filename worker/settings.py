@@ -38,6 +38,7 @@ class Settings:
         default=False, metadata={"env": "REDLOCK_ALLOW_FEWER_NODES"}
     )
     redlock_ttl_ms: int = field(default=5000, metadata={"env": "REDLOCK_TTL_MS"})
+    redlock_handoff_ms: float = field(default=20.0, metadata={"env": "REDLOCK_HANDOFF_MS"})
     redlock_wait_attempts: int = field(default=8, metadata={"env": "REDLOCK_WAIT_ATTEMPTS"})
     redlock_wait_base_ms: float = field(default=2.0, metadata={"env": "REDLOCK_WAIT_BASE_MS"})
     redlock_wait_max_ms: float = field(default=50.0, metadata={"env": "REDLOCK_WAIT_MAX_MS"})
@@ -90,6 +91,8 @@ class Settings:
             )
         if self.redlock_ttl_ms <= 100:
             problems.append("REDLOCK_TTL_MS must be above 100 ms")
+        if not 0 <= self.redlock_handoff_ms < self.task_soft_time_limit_s * 1000:
+            problems.append("REDLOCK_HANDOFF_MS must be >= 0 and below the soft time limit")
         return problems
 
     def _lock_node_problems(self) -> list[str]:

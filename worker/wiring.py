@@ -32,6 +32,7 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     policy = LockPolicy(
         ttl_ms=settings.redlock_ttl_ms,
+        handoff_ms=settings.redlock_handoff_ms,
         wait=RetryPolicy(
             attempts=settings.redlock_wait_attempts,
             base_delay_ms=settings.redlock_wait_base_ms,

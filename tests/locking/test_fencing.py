@@ -118,7 +118,10 @@ def test_a_failed_fence_commit_leaves_no_lock_key(
         while clients[0].exists("redlock:f"):  # wait for the hammer to be at work
             assert time.monotonic() < deadline, "the delete hammer never started"
             time.sleep(0.01)
-        for _ in range(300):
+        # Stop soon after the race was hit a few times; the window is one round trip.
+        for _ in range(3000):
+            if failures >= 5:
+                break
             clients[2].incrby("redlock-fence:f", 10)
             try:
                 lease = redlock.acquire("f", ttl_ms=30_000, fence=True, retry=NO_RETRY)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,14 +15,16 @@ from tasks.errors import OrderConflict, StockUnavailable
 from tasks.models import OrderStatus, Product
 from tasks.orders import OrderState
 from tasks.placement import LockPolicy, OrderPlacer
-from tests.domain import fences, movements, request, settle_now, status, stock
+from tests.domain import fences, movements, order_row, request, settle_now, status, stock
 from tests.locks import lock_fences, lock_values
 from tests.sale import seed_products
 from tests.tasks.conftest import MakeStore, Record
 from worker.redis_server import RedisServer
 
 #: Waits briefly for a contended lock, so that giving up is quick.
-SHORT_WAIT = LockPolicy(wait=RetryPolicy(attempts=3, base_delay_ms=1.0, max_delay_ms=2.0))
+SHORT_WAIT = LockPolicy(
+    handoff_ms=5.0, wait=RetryPolicy(attempts=3, base_delay_ms=1.0, max_delay_ms=2.0)
+)
 
 
 @pytest.fixture
@@ -126,18 +130,48 @@ def test_an_order_decided_by_the_lock_holder_is_returned_while_waiting(
     sessions: sessionmaker[Session], make_store: MakeStore, redlock: Redlock, engine: Engine
 ) -> None:
     seed_products(engine, {"A": 5})
+    order = request({"A": 2})
 
-    def holder_settles(_seconds: float) -> None:
-        # Sleeping while the lock is held elsewhere: the holder settles our order.
+    def holder_settles() -> None:
+        # The holder (this thread) settles every pending order once ours is recorded.
+        deadline = time.monotonic() + 10
+        while order_row(engine, order.order_id) is None and time.monotonic() < deadline:
+            time.sleep(0.005)
         settle_now(sessions, ["A"])
 
-    placer = OrderPlacer(
-        store=make_store(), redlock=redlock, policy=SHORT_WAIT, sleep=holder_settles
+    patient = LockPolicy(
+        handoff_ms=10.0, wait=RetryPolicy(attempts=200, base_delay_ms=5.0, max_delay_ms=20.0)
     )
+    placer = OrderPlacer(store=make_store(), redlock=redlock, policy=patient)
+    holder = threading.Thread(target=holder_settles)
     with redlock.lock("sku:A", ttl_ms=30_000):
-        state = placer.place(request({"A": 2}))
+        holder.start()
+        state = placer.place(order)
+        holder.join()
     assert outcome(state) == (OrderStatus.CONFIRMED, None)
     assert stock(engine) == {"A": 3}
+    row = order_row(engine, order.order_id)
+    assert row is not None and row.lock_wait_ms is None  # decided by the holder, not by us
+
+
+def test_an_order_refused_at_first_gets_the_lock_handed_over_on_release(
+    make_store: MakeStore, redlock: Redlock, engine: Engine
+) -> None:
+    seed_products(engine, {"A": 5})
+    held = redlock.acquire("sku:A", ttl_ms=30_000)
+    releaser = threading.Timer(0.05, redlock.release, args=(held,))
+    placer = OrderPlacer(store=make_store(), redlock=redlock, policy=LockPolicy(handoff_ms=5000.0))
+    order = request({"A": 1})
+    releaser.start()
+    try:
+        assert outcome(placer.place(order)) == (OrderStatus.CONFIRMED, None)
+    finally:
+        releaser.join()
+    row = order_row(engine, order.order_id)
+    assert row is not None
+    # Recorded with its settlement in one step, after waiting for the release only.
+    assert row.attempts == 1
+    assert row.lock_wait_ms is not None and 40 <= row.lock_wait_ms < 4000
 
 
 def test_a_stale_fence_aborts_then_the_counters_catch_up_with_the_stock(

@@ -141,6 +141,8 @@ def test_a_visibility_timeout_not_above_a_task_and_its_backoff_is_a_problem(
         ({"order_lock": "zookeeper"}, "ORDER_LOCK must be 'redlock' or 'off'"),
         ({"task_soft_time_limit_s": 30.0}, "TASK_SOFT_TIME_LIMIT_S must be below"),
         ({"redlock_ttl_ms": 100}, "REDLOCK_TTL_MS must be above 100 ms"),
+        ({"redlock_handoff_ms": -1.0}, "REDLOCK_HANDOFF_MS must be >= 0"),
+        ({"redlock_handoff_ms": 60_000.0}, "REDLOCK_HANDOFF_MS must be >= 0"),
     ],
 )
 def test_other_unsafe_values_are_problems(changes: dict[str, object], message: str) -> None:

@@ -1,0 +1,87 @@
+"""`Redlock.wait_released`: waiters are woken by releases instead of sleeping a backoff."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from locking import Redlock, ReleaseOutcome
+from tests.locking._support import FOREIGN, MakeRedlock
+from worker.redis_server import RedisServer
+
+
+def test_a_release_wakes_a_waiter_at_once(make_redlock: MakeRedlock) -> None:
+    holder, waiter = make_redlock(), make_redlock()
+    lease = holder.acquire("w", ttl_ms=30_000)
+    waiter.wait_released("w", timeout_ms=1)  # connects; nothing to take yet
+    releaser = threading.Timer(0.1, holder.release, args=(lease,))
+    started = time.monotonic()
+    releaser.start()
+    try:
+        assert waiter.wait_released("w", timeout_ms=5000) is True
+    finally:
+        releaser.join()
+    woken_after_s = time.monotonic() - started
+    assert 0.09 < woken_after_s < 2.0  # by the release, long before the timeout
+    assert waiter.acquire("w", ttl_ms=1000).fence is None  # and the lock is free
+
+
+def test_without_a_release_the_wait_times_out(redlock: Redlock, clients: list[redis.Redis]) -> None:
+    for client in clients:
+        client.set("redlock:w", FOREIGN, px=10_000)
+    started = time.monotonic()
+    assert redlock.wait_released("w", timeout_ms=100) is False
+    assert 0.09 < time.monotonic() - started < 2.0
+
+
+def test_one_release_wakes_one_waiter_and_leaves_one_wake_up(
+    make_redlock: MakeRedlock, clients: list[redis.Redis]
+) -> None:
+    holder = make_redlock()
+    for _ in range(3):  # three releases nobody waited for: one wake-up is kept, not three
+        assert holder.release(holder.acquire("w", ttl_ms=1000)) is ReleaseOutcome.RELEASED
+    assert [client.llen("redlock-wake:w") for client in clients] == [1] * 3
+    assert all(0 < client.pttl("redlock-wake:w") <= 1000 for client in clients)
+    first, second = make_redlock(), make_redlock()
+    assert first.wait_released("w", timeout_ms=1000) is True  # the kept wake-up
+    assert second.wait_released("w", timeout_ms=100) is False  # none left on that node
+
+
+def test_a_release_of_another_resource_wakes_nobody(redlock: Redlock) -> None:
+    redlock.release(redlock.acquire("other", ttl_ms=1000))
+    assert redlock.wait_released("w", timeout_ms=50) is False
+
+
+def test_a_wait_covers_every_resource_of_a_cart(make_redlock: MakeRedlock) -> None:
+    holder, waiter = make_redlock(), make_redlock()
+    holder.release(holder.acquire("b", ttl_ms=1000))
+    assert waiter.wait_released(["a", "b"], timeout_ms=1000) is True
+
+
+def test_a_dead_first_node_makes_the_wait_use_the_next_one(
+    make_redlock: MakeRedlock, lock_nodes: list[RedisServer]
+) -> None:
+    holder, waiter = make_redlock(), make_redlock()
+    lock_nodes[0].kill()
+    holder.release(holder.acquire("w", ttl_ms=1000))  # a quorum of two still works
+    started = time.monotonic()
+    assert waiter.wait_released("w", timeout_ms=5000) is True
+    assert time.monotonic() - started < 2.0
+
+
+def test_with_every_node_down_the_wait_still_lasts_its_timeout(
+    redlock: Redlock, lock_nodes: list[RedisServer]
+) -> None:
+    for node in lock_nodes:
+        node.kill()
+    started = time.monotonic()
+    assert redlock.wait_released("w", timeout_ms=150) is False
+    assert time.monotonic() - started >= 0.14
+
+
+def test_timeouts_must_be_positive(redlock: Redlock) -> None:
+    with pytest.raises(ValueError, match="timeout_ms"):
+        redlock.wait_released("w", timeout_ms=0)

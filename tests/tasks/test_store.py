@@ -89,15 +89,14 @@ def test_a_reused_id_with_another_cart_is_a_conflict(store: OrderStore, engine: 
     seed_products(engine, {"A": 2, "B": 2})
     order = request({"A": 1})
     store.settle(order, record=True, fence=None, wait_ms=None, budget_ms=None)
+    other = request({"B": 1}, order_id=str(order.order_id))
     with pytest.raises(OrderConflict):
-        store.settle(
-            request({"B": 1}, order_id=str(order.order_id)),
-            record=True,
-            fence=None,
-            wait_ms=None,
-            budget_ms=None,
-        )
+        store.settle(other, record=True, fence=None, wait_ms=None, budget_ms=None)
+    with pytest.raises(OrderConflict):
+        store.record(other)
     assert stock(engine) == {"A": 1, "B": 2}
+    # The refused deliveries count nothing: each step is its own transaction.
+    assert order_row(engine, order.order_id).attempts == 1  # type: ignore[union-attr]
 
 
 def test_an_order_delivered_too_often_fails_in_either_step(

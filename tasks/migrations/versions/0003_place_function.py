@@ -7,6 +7,10 @@ the uncontended order path costs one round trip to PostgreSQL instead of four
 runs inside the function: the caller passes the time its lease can still spare
 (``p_budget_ms``) and the function refuses to commit when it ran longer.
 
+``flashsale_record`` is replaced so that a delivery with another payload under a
+known id counts nothing: in a transaction the caller used to roll that back;
+in autocommit mode the statement itself must leave the order untouched.
+
 Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-25
@@ -14,12 +18,43 @@ Create Date: 2026-11-25
 
 from __future__ import annotations
 
+import importlib
+
 from alembic import op
 
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
+
+RECORD = """
+CREATE OR REPLACE FUNCTION flashsale_record(
+    p_id uuid, p_customer text, p_hash text, p_skus text[], p_quantities integer[]
+) RETURNS TABLE (status order_status, reason text, payload_hash text, attempts integer)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    INSERT INTO orders AS o (id, customer_id, status, payload_hash, attempts)
+    VALUES (p_id, p_customer, 'pending', p_hash, 1)
+    ON CONFLICT (id) DO UPDATE SET attempts = o.attempts + 1
+        WHERE o.payload_hash = p_hash
+    RETURNING o.status, o.reason, o.payload_hash::text, o.attempts;
+    IF NOT FOUND THEN
+        -- The id is taken by another payload: report it, change nothing.
+        RETURN QUERY SELECT o.status, o.reason, o.payload_hash::text, o.attempts
+            FROM orders o WHERE o.id = p_id;
+        RETURN;
+    END IF;
+    -- Lines are written with the first delivery only; a replay never touches them.
+    IF NOT EXISTS (SELECT 1 FROM order_items WHERE order_id = p_id) THEN
+        INSERT INTO order_items (order_id, sku, quantity)
+        SELECT p_id, line.sku, line.quantity
+        FROM unnest(p_skus, p_quantities) AS line(sku, quantity);
+    END IF;
+END;
+$$;
+"""
 
 # Raises SQLSTATE 'FS001' (stale fence, from flashsale_settle) and 'FS002' when the
 # statement ran longer than p_budget_ms: the lease may lapse before the commit.
@@ -73,6 +108,7 @@ $$;
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
+    op.execute(RECORD)
     op.execute(PLACE)
 
 
@@ -83,3 +119,6 @@ def downgrade() -> None:
         "DROP FUNCTION IF EXISTS flashsale_place(uuid, text, text, text[], integer[], boolean,"
         " bigint, integer, double precision, double precision, integer)"
     )
+    # Back to revision 0002's flashsale_record.
+    previous = importlib.import_module("tasks.migrations.versions.0002_settle_functions")
+    op.execute(previous.RECORD.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))

@@ -57,7 +57,7 @@ class Commands:
     def release(self, names: Sequence[str], token: str) -> bytes:
         """Compare-and-delete every key of the lease, waking one waiter per deleted key."""
         wakes = [self._wake_prefix + name for name in names]
-        return _script(RELEASE, self._keys(names) + wakes, token, WAKE_TTL_MS)
+        return _script(RELEASE, self._keys(names), token, WAKE_TTL_MS, *wakes)
 
     def wait_released(self, names: Sequence[str], timeout_ms: float) -> bytes:
         """Block until a release of any of ``names`` pushes a wake-up, or the timeout."""

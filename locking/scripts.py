@@ -97,19 +97,23 @@ end
 return 1
 """)
 
-# KEYS: n lock keys, then their n wake-up lists; ARGV[1]: token; ARGV[2]: wake-up TTL in ms.
+# KEYS: the lock keys of the lease; ARGV[1]: token; ARGV[2]: wake-up TTL in ms;
+# ARGV[3...]: the wake-up list of each lock key, in the same order.
 # Returns how many keys held the token and were deleted; keys held by another
 # token are left alone. Each deleted key leaves one element in its wake-up list
-# (never more), which wakes one client blocked on it (see `Redlock.wait_released`).
+# (never more), which wakes one client blocked on it (`Redlock.wait_released`).
+# The lists are not declared as KEYS and are written with pcall, on purpose: a
+# node whose ACL predates them (no ~redlock-wake:*) still releases; its waiters
+# just wait out their timeouts.
 RELEASE = Script("""
-local n = #KEYS / 2
 local released = 0
-for i = 1, n do
+for i = 1, #KEYS do
   if redis.call('get', KEYS[i]) == ARGV[1] then
     redis.call('del', KEYS[i])
-    redis.call('rpush', KEYS[n + i], 1)
-    redis.call('ltrim', KEYS[n + i], -1, -1)
-    redis.call('pexpire', KEYS[n + i], ARGV[2])
+    local wake = ARGV[2 + i]
+    redis.pcall('rpush', wake, 1)
+    redis.pcall('ltrim', wake, -1, -1)
+    redis.pcall('pexpire', wake, ARGV[2])
     released = released + 1
   end
 end

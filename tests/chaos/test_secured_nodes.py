@@ -31,7 +31,9 @@ from worker.stack import LocalStack, StackError
 SECRET = "s3cret-" + uuid.uuid4().hex[:12]
 ACL_SECRET = "acl-" + uuid.uuid4().hex[:12]
 WRONG_SECRET = "wrong-" + uuid.uuid4().hex[:12]
-#: Exactly what a Redlock needs: its two key prefixes, its scripts' commands, a ping.
+#: The least a Redlock needs: its lock and fence keys, its scripts' commands, a ping.
+#: Without ~redlock-wake:* +rpush +ltrim +blpop, releases wake no waiter and waiters
+#: wait out their timeouts (slower under contention, still correct).
 ACL_RULES = (
     "--user", "locker", "on", f">{ACL_SECRET}", "~redlock:*", "~redlock-fence:*",
     "+ping", "+select", "+evalsha", "+script|load", "+get", "+set", "+del", "+exists",

@@ -85,3 +85,31 @@ def test_with_every_node_down_the_wait_still_lasts_its_timeout(
 def test_timeouts_must_be_positive(redlock: Redlock) -> None:
     with pytest.raises(ValueError, match="timeout_ms"):
         redlock.wait_released("w", timeout_ms=0)
+
+
+#: An ACL user with the lock's permissions from before wake-ups existed.
+OLD_ACL = (
+    "--user", "locker", "on", ">locker-pw", "~redlock:*", "~redlock-fence:*",
+    "+ping", "+select", "+evalsha", "+script|load", "+get", "+set", "+del", "+exists",
+    "+pexpire",
+)  # fmt: skip
+
+
+def test_a_node_whose_acl_forbids_wake_ups_still_releases() -> None:
+    server = RedisServer(password="admin-pw", extra_args=OLD_ACL).start()
+    redlock = Redlock(
+        [f"redis://locker:locker-pw@127.0.0.1:{server.port}/0"], allow_fewer_than_three=True
+    )
+    admin = redis.Redis(port=server.port, password="admin-pw")
+    try:
+        lease = redlock.acquire("w", ttl_ms=30_000)
+        assert redlock.release(lease) is ReleaseOutcome.RELEASED
+        assert admin.exists("redlock:w", "redlock-wake:w") == 0
+        # The waiter cannot BLPOP there: it waits out its timeout, it does not spin.
+        started = time.monotonic()
+        assert redlock.wait_released("w", timeout_ms=100) is False
+        assert time.monotonic() - started >= 0.09
+    finally:
+        admin.close()
+        redlock.close()
+        server.stop()

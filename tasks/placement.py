@@ -98,10 +98,11 @@ class OrderPlacer:
     def _place_locked(self, request: OrderRequest, redlock: Redlock) -> OrderState:
         """Record and settle in one step under the lock, got at once or handed over.
 
-        Refused, the order first waits for a release (a few waiters take turns);
-        refused for longer than `LockPolicy.handoff_ms`, it records itself: a
-        recorded order is visible to the holder, which settles it with its own
-        (flat combining), and the waiter mostly finds it decided.
+        Refused, the order first waits to be woken by a release (waiters take
+        turns); refused for longer than `LockPolicy.handoff_ms`, it records itself:
+        a recorded order is visible to every holder, which settles it with its own
+        (flat combining). That pays when many processes queue for one SKU; with
+        two, the hand-over wins (BENCHMARKS.md, "no handoff").
         """
         resources = [f"sku:{sku}" for sku in request.skus]
         started_s = time.monotonic()

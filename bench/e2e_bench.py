@@ -121,6 +121,7 @@ def run_one(config: Config, orders: int, paced_rate: float) -> dict[str, object]
             "orders_per_s": len(ids) / elapsed,
             "latency_p50_ms": percentile(latencies, 50),
             "latency_p99_ms": percentile(latencies, 99),
+            "latencies_ms": [round(value, 3) for value in sorted(latencies)],
             "order_stats": stats,
             "cpu_ms_per_order": cpu,
         }

@@ -159,7 +159,7 @@ def test_an_order_refused_at_first_gets_the_lock_handed_over_on_release(
 ) -> None:
     seed_products(engine, {"A": 5})
     held = redlock.acquire("sku:A", ttl_ms=30_000)
-    releaser = threading.Timer(0.05, redlock.release, args=(held,))
+    releaser = threading.Timer(0.2, redlock.release, args=(held,))
     placer = OrderPlacer(store=make_store(), redlock=redlock, policy=LockPolicy(handoff_ms=5000.0))
     order = request({"A": 1})
     releaser.start()
@@ -171,7 +171,7 @@ def test_an_order_refused_at_first_gets_the_lock_handed_over_on_release(
     assert row is not None
     # Recorded with its settlement in one step, after waiting for the release only.
     assert row.attempts == 1
-    assert row.lock_wait_ms is not None and 40 <= row.lock_wait_ms < 4000
+    assert row.lock_wait_ms is not None and 100 <= row.lock_wait_ms < 4000
 
 
 def test_a_stale_fence_aborts_then_the_counters_catch_up_with_the_stock(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -152,3 +153,24 @@ def as_address(node: NodeAddress | str | Any) -> NodeAddress:
         except Exception:
             raise ConfigurationError(f"cannot parse lock node URL {redact_url(node)!r}") from None
     return NodeAddress.from_client(node)
+
+
+def lock_addresses(nodes: Sequence[object], *, allow_fewer_than_three: bool) -> list[NodeAddress]:
+    """Return the addresses of a Redlock's nodes: at least three, all distinct.
+
+    :param nodes: URLs, `NodeAddress` objects or ``redis.Redis`` clients.
+    :param allow_fewer_than_three: accept 1 or 2 nodes (development only).
+    :raises ConfigurationError: too few nodes, or one named twice.
+    """
+    addresses = [as_address(node) for node in nodes]
+    if not addresses:
+        raise ConfigurationError("Redlock needs at least one node")
+    if len(addresses) < 3 and not allow_fewer_than_three:
+        raise ConfigurationError(
+            f"Redlock needs at least 3 independent nodes, got {len(addresses)}; "
+            "pass allow_fewer_than_three=True for development only"
+        )
+    names = [address.name for address in addresses]
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"lock nodes must be distinct, got {names!r}")
+    return addresses

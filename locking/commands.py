@@ -1,9 +1,10 @@
-"""What each lock round sends, as one RESP payload for every node, and what a grant looks like."""
+"""What each lock round sends, as one RESP payload for every node, and what its replies mean."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from locking.errors import LockContended, NodeError, QuorumUnavailable
 from locking.protocol import encode_command
 from locking.scripts import (
     ACQUIRE_FENCED,
@@ -91,3 +92,24 @@ def resource_names(resources: str | Sequence[str]) -> tuple[str, ...]:
 
 def _script(script: Script, keys: list[str], *args: str | int) -> bytes:
     return encode_command(["EVALSHA", script.sha, len(keys), *keys, *args])
+
+
+def refusal(
+    names: tuple[str, ...], attempts: int, replies: list[object], *, fence: bool, quorum: int
+) -> LockContended | QuorumUnavailable:
+    """Return the error for a lease refused on its last attempt, from that round's replies.
+
+    Too many failed nodes for a quorum is `QuorumUnavailable`; otherwise the lock
+    was held elsewhere, and `LockContended` carries the votes.
+    """
+    errors = [reply for reply in replies if isinstance(reply, NodeError)]
+    if len(errors) > len(replies) - quorum:
+        return QuorumUnavailable(resources=names, attempts=attempts, node_errors=errors)
+    # A fenced grant is the node's counter (any integer >= 0), not b"OK" or 1.
+    granted = sum(1 for reply in replies if is_grant(reply, fence=fence))
+    votes = {
+        "granted": granted,
+        "held": len(replies) - granted - len(errors),
+        "failed": len(errors),
+    }
+    return LockContended(resources=names, attempts=attempts, votes=votes)

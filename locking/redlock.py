@@ -1,4 +1,4 @@
-"""Redlock over N independent Redis nodes, per the Redis distlock spec, with fencing.
+"""Redlock over N independent Redis nodes, per the Redis distlock spec.
 
 A lease is granted when a majority ``N // 2 + 1`` of the *configured* nodes set
 every key of the lease to a fresh 128-bit token with ``NX`` and a TTL, and the
@@ -7,59 +7,36 @@ nodes before reading any reply (`locking.fanout`), waits for all of them (or
 the read timeout), and never returns at quorum: a late grant is therefore never
 left behind by a release, and a failed attempt releases on every node at once.
 
-Fencing tokens
---------------
-``acquire(..., fence=True)`` also returns ``lease.fence``, an integer strictly
-greater than the fence of every earlier fenced lease that covered any of the
-same resources. Each node keeps a counter per resource (key ``fence_prefix +
-resource``, no TTL). On a grant, the acquire script sets the lease's counters on
-that node to one more than the highest of them and returns that value; the
-lease's fence is the maximum over the granting nodes. When every granting node
-returned the same value, each of them now holds the fence itself, and nothing
-more is needed. Otherwise (a node missed earlier grants, or lost its counters)
-a second script writes the fence back, only while the node still holds the
-lease's token, and a majority must confirm before the lease is handed out.
-Why it is monotonic: the nodes that hold the fence (the granting majority, or
-the write-back majority) share at least one node with a later lease's grant
-majority; on that node the later grant could only happen after this lease's
-token was gone, so after the counter was set, and it then counts past it.
-Assumptions: no majority of nodes loses its counters (persist the lock nodes
-with AOF, or restart a node that lost its data only after the maximum TTL and
-never with an older counter), and nothing else writes those keys. Cost: none in
-the steady state (the nodes agree); one extra round trip after they diverged.
-Store the fence next to the data it guards and refuse writes with a smaller
-one: that is what makes a paused, expired holder harmless.
+Fencing tokens (``fence=True``) are explained in `locking.fencing`; wake-ups
+for waiters (`Redlock.wait_released`) in `locking.wake`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import secrets
-import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from locking.address import NodeAddress, as_address
-from locking.commands import Commands, is_grant, resource_names
+from locking.address import NodeAddress, lock_addresses
+from locking.commands import Commands, is_grant, refusal, resource_names
 from locking.errors import (
     ConfigurationError,
     ExtensionLimitReached,
     LeaseLost,
-    LockContended,
     NodeError,
-    QuorumUnavailable,
 )
-from locking.fanout import Suspects, fan_out
+from locking.fanout import Suspects
+from locking.fencing import fence_of
 from locking.keepalive import KeepAlive
 from locking.lease import Lease, ReleaseOutcome
-from locking.node import Node
+from locking.nodeset import NodeSet
 from locking.protocol import encode_command
-from locking.timing import RetryPolicy, drift_ms, quorum, validity_ms
+from locking.timing import RetryPolicy, drift_ms, validity_ms
+from locking.wake import ReleaseWaiter
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,47 +82,36 @@ class Redlock:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        addresses = [as_address(node) for node in nodes]
-        if not addresses:
-            raise ConfigurationError("Redlock needs at least one node")
-        if len(addresses) < 3 and not allow_fewer_than_three:
-            raise ConfigurationError(
-                f"Redlock needs at least 3 independent nodes, got {len(addresses)}; "
-                "pass allow_fewer_than_three=True for development only"
-            )
-        names = [address.name for address in addresses]
-        if len(set(names)) != len(names):
-            raise ConfigurationError(f"lock nodes must be distinct, got {names!r}")
+        addresses = lock_addresses(nodes, allow_fewer_than_three=allow_fewer_than_three)
         if min(connect_timeout_ms, read_timeout_ms) <= 0 or max_extensions < 0:
             raise ConfigurationError("timeouts must be positive and max_extensions >= 0")
-        self._nodes = [
-            Node(address, connect_timeout_s=connect_timeout_ms / 1000, suspect_s=suspect_ms / 1000)
-            for address in addresses
-        ]
-        self._quorum = quorum(len(self._nodes))
+        self._nodes = NodeSet(
+            addresses,
+            connect_timeout_s=connect_timeout_ms / 1000,
+            suspect_s=suspect_ms / 1000,
+            read_timeout_s=read_timeout_ms / 1000,
+        )
+        self._quorum = self._nodes.quorum
         self._commands = Commands(
             key_prefix=key_prefix, fence_prefix=fence_prefix, wake_prefix=wake_prefix
         )
-        # Waits block their connection, so they get connections of their own.
-        self._wait_nodes = [
-            Node(address, connect_timeout_s=connect_timeout_ms / 1000, suspect_s=suspect_ms / 1000)
-            for address in addresses
-        ]
-        self._read_timeout_s = read_timeout_ms / 1000
+        self._waiter = ReleaseWaiter(
+            addresses,
+            connect_timeout_s=connect_timeout_ms / 1000,
+            suspect_s=suspect_ms / 1000,
+            read_timeout_s=read_timeout_ms / 1000,
+            sleep=sleep,
+        )
         self._retry = retry
         self._max_extensions = max_extensions
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
-        # Node connections are not thread-safe; a keep-alive thread shares them.
-        self._io_lock = threading.Lock()
-        self._wait_lock = threading.Lock()
-        _INSTANCES.add(self)
 
     @property
     def node_names(self) -> list[str]:
         """The ``host:port`` of every configured node."""
-        return [node.name for node in self._nodes]
+        return self._nodes.names
 
     @property
     def quorum(self) -> int:
@@ -188,7 +154,7 @@ class Redlock:
                     break
             if attempt < policy.attempts:
                 self._sleep(delay_s)
-        raise self._not_acquired(names, attempt, replies, fence=fence)
+        raise refusal(names, attempt, replies, fence=fence, quorum=self._quorum)
 
     def extend(self, lease: Lease, *, ttl_ms: int | None = None) -> Lease:
         """Push the lease's expiry ``ttl_ms`` (default: its TTL) into the future.
@@ -207,7 +173,7 @@ class Redlock:
             )
         started_s = self._clock()
         payload = self._commands.extend(lease.resources, lease.token, ttl_ms)
-        replies = self._round(payload, Suspects.SKIP)
+        replies = self._nodes.round(payload, Suspects.SKIP)
         confirmed = sum(1 for reply in replies if reply == 1)
         valid_ms = validity_ms(ttl_ms, (self._clock() - started_s) * 1000)
         if confirmed < self._quorum or valid_ms <= 0:
@@ -235,10 +201,10 @@ class Redlock:
             return lease.release_outcome
         payload = self._commands.release(lease.resources, lease.token)
         if not confirm:
-            self._round(payload, Suspects.SEND, await_replies=False)
+            self._nodes.round(payload, Suspects.SEND, await_replies=False)
             lease.release_outcome = ReleaseOutcome.SENT
             return ReleaseOutcome.SENT
-        replies = self._round(payload, Suspects.SEND)
+        replies = self._nodes.round(payload, Suspects.SEND)
         released = sum(1 for reply in replies if reply == len(lease.resources))
         failed = sum(1 for reply in replies if isinstance(reply, NodeError))
         if released >= self._quorum:
@@ -293,69 +259,54 @@ class Redlock:
         """
         names = resource_names(resources)
         payload = self._commands.advance_fence(names, at_least)
-        return sum(1 for reply in self._round(payload, Suspects.SKIP) if reply == 1)
+        return sum(1 for reply in self._nodes.round(payload, Suspects.SKIP) if reply == 1)
 
     def wait_released(self, resources: str | Sequence[str], *, timeout_ms: float) -> bool:
         """Block until a lease on any of ``resources`` is released, or ``timeout_ms`` passes.
 
         A wake-up call for waiters instead of sleeping through a backoff, not a
-        grant: call `acquire` next. Every release leaves one wake-up per resource on
-        each node (kept `locking.commands.WAKE_TTL_MS`), taken by one waiter, first
-        come first served. This waits on one node, the first that is not suspected
-        and takes the request, on a connection of its own; when no node can, it
-        sleeps the timeout instead.
-        Returns True when woken by a release, False on timeout or node trouble.
+        grant: call `acquire` next (see `locking.wake`). When no node can take the
+        wait, it sleeps the timeout instead. Returns True when woken by a release,
+        False on timeout or node trouble.
 
         :param timeout_ms: the longest wait, in milliseconds.
         """
         names = resource_names(resources)
         if not timeout_ms > 0:
             raise ValueError(f"timeout_ms must be positive, got {timeout_ms!r}")
-        payload = self._commands.wait_released(names, timeout_ms)
-        deadline_s = time.monotonic() + timeout_ms / 1000
-        with self._wait_lock:
-            reply = self._do_wait(payload, deadline_s)
-        if isinstance(reply, list):
-            return True
-        # Node trouble must not turn a caller's wait loop into a busy loop.
-        left_s = deadline_s - time.monotonic()
-        if left_s > 0:
-            self._sleep(left_s)
-        return False
+        return self._waiter.wait(
+            self._commands.wait_released(names, timeout_ms),
+            timeout_ms,
+            suspects=self._nodes.suspects(),
+        )
 
     def ping(self) -> dict[str, NodeError | None]:
         """Return, per node name, None when it answers PING, else its error."""
-        replies = self._round(encode_command(["PING"]), Suspects.AWAIT)
+        replies = self._nodes.round(encode_command(["PING"]), Suspects.AWAIT)
         return {
-            node.name: reply if isinstance(reply, NodeError) else None
-            for node, reply in zip(self._nodes, replies, strict=True)
+            name: reply if isinstance(reply, NodeError) else None
+            for name, reply in zip(self._nodes.names, replies, strict=True)
         }
 
     def close(self) -> None:
         """Close every node connection (they reopen on next use)."""
-        with self._io_lock:
-            for node in self._nodes:
-                node.close()
-        with self._wait_lock:
-            for node in self._wait_nodes:
-                node.close()
+        self._nodes.close()
+        self._waiter.close()
 
     def _attempt(self, names: tuple[str, ...], *, ttl_ms: int, fence: bool) -> Lease | list[object]:
         """Make one acquisition round; return the lease, or the replies that refused it."""
         token = secrets.token_hex(16)
         started_s = self._clock()
-        replies = self._round(
+        replies = self._nodes.round(
             self._commands.acquire(names, token, ttl_ms, fence=fence), Suspects.SKIP
         )
         granted = [reply for reply in replies if is_grant(reply, fence=fence)]
         fence_value: int | None = None
         committed = True
         if len(granted) >= self._quorum and fence:
-            values = {int(reply) for reply in granted if isinstance(reply, int)}
-            fence_value = max(values)
-            if len(values) > 1:
-                # Some granting node counted from lower: write the fence back. A failed
-                # commit still leaves the grants on the nodes: released below.
+            fence_value, write_back = fence_of([r for r in granted if isinstance(r, int)])
+            if write_back:
+                # A failed write-back still leaves the grants on the nodes: released below.
                 committed = self._commit_fence(names, token, fence_value)
         valid_ms = validity_ms(ttl_ms, (self._clock() - started_s) * 1000)
         if len(granted) >= self._quorum and committed and valid_ms > 0:
@@ -370,70 +321,9 @@ class Redlock:
             )
         # A grant, or a timed-out request that may still land, must not linger.
         if granted or any(isinstance(reply, NodeError) and reply.timed_out for reply in replies):
-            self._round(self._commands.release(names, token), Suspects.SEND)
+            self._nodes.round(self._commands.release(names, token), Suspects.SEND)
         return replies
 
-    def _do_wait(self, payload: bytes, deadline_s: float) -> object:
-        """Block on the first trusted node that takes the wait; return its reply or None."""
-        now = time.monotonic()
-        for node, waiter in zip(self._nodes, self._wait_nodes, strict=True):
-            if node.is_suspect(now) or waiter.is_suspect(now):
-                continue
-            if waiter.send(payload) is None:
-                return waiter.read(deadline_s + self._read_timeout_s)
-        return None
-
     def _commit_fence(self, names: tuple[str, ...], token: str, fence: int) -> bool:
-        replies = self._round(self._commands.commit_fence(names, token, fence), Suspects.SKIP)
+        replies = self._nodes.round(self._commands.commit_fence(names, token, fence), Suspects.SKIP)
         return sum(1 for reply in replies if reply == 1) >= self._quorum
-
-    def _round(
-        self, payload: bytes, suspects: Suspects, *, await_replies: bool = True
-    ) -> list[object]:
-        with self._io_lock:
-            if suspects is Suspects.SKIP:
-                now = time.monotonic()
-                trusted = sum(1 for node in self._nodes if not node.is_suspect(now))
-                if trusted < self._quorum:
-                    # Skipping would lose the round before it starts, for the whole
-                    # suspicion window, even if the nodes were only briefly late (a
-                    # loaded host): ask them again, at the cost of one read timeout.
-                    suspects = Suspects.AWAIT
-            return fan_out(
-                self._nodes,
-                payload,
-                read_timeout_s=self._read_timeout_s,
-                suspects=suspects,
-                await_replies=await_replies,
-            )
-
-    def _not_acquired(
-        self, names: tuple[str, ...], attempts: int, replies: list[object], *, fence: bool
-    ) -> LockContended | QuorumUnavailable:
-        errors = [reply for reply in replies if isinstance(reply, NodeError)]
-        if len(errors) > len(self._nodes) - self._quorum:
-            return QuorumUnavailable(resources=names, attempts=attempts, node_errors=errors)
-        # A fenced grant is the node's counter (any integer >= 0), not b"OK" or 1.
-        granted = sum(1 for reply in replies if is_grant(reply, fence=fence))
-        votes = {
-            "granted": granted,
-            "held": len(replies) - granted - len(errors),
-            "failed": len(errors),
-        }
-        return LockContended(resources=names, attempts=attempts, votes=votes)
-
-
-#: Every live Redlock, so that a forked child can reset their I/O locks.
-_INSTANCES: weakref.WeakSet[Redlock] = weakref.WeakSet()
-
-
-def _reset_io_locks_in_child() -> None:
-    # A keep-alive thread of the parent may have held the lock at fork time; it does
-    # not exist in the child, so the child's copy would stay locked forever. The
-    # nodes reconnect in the child on first use (`Node.send` compares the pid).
-    for redlock in list(_INSTANCES):
-        redlock._io_lock = threading.Lock()
-        redlock._wait_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_io_locks_in_child)

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from locking import NO_RETRY, LockContended, Redlock, ReleaseOutcome
+from locking.fencing import fence_of
 from tests.locking import _procs
 from tests.locking._support import FOREIGN, MakeRedlock
 from worker.redis_server import RedisServer
@@ -191,3 +192,13 @@ def test_advance_fence_lifts_counters_and_never_lowers_them(
             assert lease.fence == 502
     finally:
         redlock.close()
+
+
+@pytest.mark.parametrize(
+    ("grants", "expected"),
+    [([7, 7, 7], (7, False)), ([7, 7], (7, False)), ([41, 1, 41], (41, True)), ([3], (3, False))],
+)
+def test_the_fence_is_the_highest_grant_written_back_only_when_grants_differ(
+    grants: list[int], expected: tuple[int, bool]
+) -> None:
+    assert fence_of(grants) == expected

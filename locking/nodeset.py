@@ -1,0 +1,99 @@
+"""The lock's nodes and the one round it makes over them, safe to share between threads.
+
+Node connections are not thread-safe and a keep-alive thread shares them with
+the caller, so every round runs under one I/O lock. A forked child gets fresh
+I/O locks: a thread of the parent may have held one at fork time, and it does
+not exist in the child (the connections themselves reopen on first use there,
+`Node.send` compares the pid).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+
+from locking.address import NodeAddress
+from locking.fanout import Suspects, fan_out
+from locking.node import Node
+from locking.timing import quorum
+
+
+class NodeSet:
+    """The configured lock nodes, in a fixed order, with their quorum.
+
+    :param addresses: the nodes.
+    :param connect_timeout_s: bound on connecting to one node, login included.
+    :param suspect_s: how long a node that timed out is skipped by acquisitions.
+    :param read_timeout_s: bound on waiting for the replies of one round.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[NodeAddress],
+        *,
+        connect_timeout_s: float,
+        suspect_s: float,
+        read_timeout_s: float,
+    ) -> None:
+        self._nodes = [
+            Node(address, connect_timeout_s=connect_timeout_s, suspect_s=suspect_s)
+            for address in addresses
+        ]
+        self.quorum = quorum(len(self._nodes))
+        self._read_timeout_s = read_timeout_s
+        self.io_lock = threading.Lock()
+        reset_after_fork(self)
+
+    @property
+    def names(self) -> list[str]:
+        """The ``host:port`` of every node."""
+        return [node.name for node in self._nodes]
+
+    def suspects(self) -> list[bool]:
+        """Per node, whether it is skipped after a recent timeout."""
+        now = time.monotonic()
+        return [node.is_suspect(now) for node in self._nodes]
+
+    def round(
+        self, payload: bytes, suspects: Suspects, *, await_replies: bool = True
+    ) -> list[object]:
+        """Send ``payload`` to every node and return one reply (or `NodeError`) each."""
+        with self.io_lock:
+            if suspects is Suspects.SKIP and self.suspects().count(False) < self.quorum:
+                # Skipping would lose the round before it starts, for the whole
+                # suspicion window, even if the nodes were only briefly late (a
+                # loaded host): ask them again, at the cost of one read timeout.
+                suspects = Suspects.AWAIT
+            return fan_out(
+                self._nodes,
+                payload,
+                read_timeout_s=self._read_timeout_s,
+                suspects=suspects,
+                await_replies=await_replies,
+            )
+
+    def close(self) -> None:
+        """Close every connection (they reopen on next use)."""
+        with self.io_lock:
+            for node in self._nodes:
+                node.close()
+
+
+#: Every live node set (and release waiter), so that a forked child can reset their locks.
+_INSTANCES: weakref.WeakSet[object] = weakref.WeakSet()
+
+
+def _reset_io_locks_in_child() -> None:
+    for instance in list(_INSTANCES):
+        instance.io_lock = threading.Lock()  # type: ignore[attr-defined]
+
+
+def reset_after_fork(instance: object) -> None:
+    """Give ``instance.io_lock`` a fresh lock in every forked child."""
+    _INSTANCES.add(instance)
+
+
+os.register_at_fork(after_in_child=_reset_io_locks_in_child)

@@ -111,7 +111,8 @@ class OrderStore:
                 state = self._record_in(session, request)
                 if state.status in TERMINAL:
                     return Settled(state, 0)
-            own = (request.order_id, wait_ms or 0.0)
+            # Without a lock there is no wait to store (NULL, as on PostgreSQL).
+            own = None if wait_ms is None else (request.order_id, wait_ms)
             settlement = settle(
                 session, skus=request.skus, fence=fence, own_order=own, before_commit=check
             )

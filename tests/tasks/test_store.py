@@ -46,7 +46,9 @@ def test_a_settle_step_without_recording_decides_an_order_recorded_before(
     settled = store.settle(second, record=False, fence=None, wait_ms=None, budget_ms=None)
     assert outcome(settled.state) == (OrderStatus.REJECTED, "insufficient_stock")
     assert outcome(store.state(first.order_id)) == (OrderStatus.CONFIRMED, None)
-    assert order_row(engine, second.order_id).attempts == 1  # type: ignore[union-attr]
+    row = order_row(engine, second.order_id)
+    assert row is not None and row.attempts == 1
+    assert row.lock_wait_ms is None  # no lock, no wait stored, on either database
 
 
 def test_a_step_over_its_budget_commits_nothing(store: OrderStore, engine: Engine) -> None:

@@ -45,7 +45,7 @@ class NodeSet:
         self.quorum = quorum(len(self._nodes))
         self._read_timeout_s = read_timeout_s
         self.io_lock = threading.Lock()
-        reset_after_fork(self)
+        _INSTANCES.add(self)
 
     @property
     def names(self) -> list[str]:
@@ -75,6 +75,24 @@ class NodeSet:
                 await_replies=await_replies,
             )
 
+    def ask_one(self, payload: bytes, *, deadline_s: float, skip: Sequence[bool]) -> object:
+        """Send ``payload`` to the first node not skipped that takes it; return its reply.
+
+        For commands that block their connection (a wait for a release): one node is
+        enough. Returns None when no node took the request.
+
+        :param deadline_s: ``time.monotonic()`` value after which the node is late.
+        :param skip: per node, whether the caller distrusts it now.
+        """
+        with self.io_lock:
+            now = time.monotonic()
+            for node, skipped in zip(self._nodes, skip, strict=True):
+                if skipped or node.is_suspect(now):
+                    continue
+                if node.send(payload) is None:
+                    return node.read(deadline_s)
+        return None
+
     def close(self) -> None:
         """Close every connection (they reopen on next use)."""
         with self.io_lock:
@@ -82,18 +100,13 @@ class NodeSet:
                 node.close()
 
 
-#: Every live node set (and release waiter), so that a forked child can reset their locks.
-_INSTANCES: weakref.WeakSet[object] = weakref.WeakSet()
+#: Every live node set, so that a forked child can reset their I/O locks.
+_INSTANCES: weakref.WeakSet[NodeSet] = weakref.WeakSet()
 
 
 def _reset_io_locks_in_child() -> None:
     for instance in list(_INSTANCES):
-        instance.io_lock = threading.Lock()  # type: ignore[attr-defined]
-
-
-def reset_after_fork(instance: object) -> None:
-    """Give ``instance.io_lock`` a fresh lock in every forked child."""
-    _INSTANCES.add(instance)
+        instance.io_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_reset_io_locks_in_child)

@@ -7,8 +7,7 @@ nodes before reading any reply (`locking.fanout`), waits for all of them (or
 the read timeout), and never returns at quorum: a late grant is therefore never
 left behind by a release, and a failed attempt releases on every node at once.
 
-Fencing tokens (``fence=True``) are explained in `locking.fencing`; wake-ups
-for waiters (`Redlock.wait_released`) in `locking.wake`.
+Fencing tokens (``fence=True``) are explained in `locking.fencing`.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ from locking.lease import Lease, ReleaseOutcome
 from locking.nodeset import NodeSet
 from locking.protocol import encode_command
 from locking.timing import RetryPolicy, drift_ms, validity_ms
-from locking.wake import ReleaseWaiter
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -95,13 +93,14 @@ class Redlock:
         self._commands = Commands(
             key_prefix=key_prefix, fence_prefix=fence_prefix, wake_prefix=wake_prefix
         )
-        self._waiter = ReleaseWaiter(
+        # A wait for a release blocks its connection: waits get connections of their own.
+        self._wait_nodes = NodeSet(
             addresses,
             connect_timeout_s=connect_timeout_ms / 1000,
             suspect_s=suspect_ms / 1000,
             read_timeout_s=read_timeout_ms / 1000,
-            sleep=sleep,
         )
+        self._read_timeout_s = read_timeout_ms / 1000
         self._retry = retry
         self._max_extensions = max_extensions
         self._clock = clock
@@ -265,20 +264,31 @@ class Redlock:
         """Block until a lease on any of ``resources`` is released, or ``timeout_ms`` passes.
 
         A wake-up call for waiters instead of sleeping through a backoff, not a
-        grant: call `acquire` next (see `locking.wake`). When no node can take the
-        wait, it sleeps the timeout instead. Returns True when woken by a release,
-        False on timeout or node trouble.
+        grant: call `acquire` next. Every release leaves one wake-up per resource on
+        each node (a one-element list, kept `locking.commands.WAKE_TTL_MS`), which
+        one blocked waiter takes, first come first served. This waits on one node,
+        the first trusted one that takes the request; when none can, it sleeps the
+        timeout instead. Returns True when woken by a release, False on timeout or
+        node trouble.
 
         :param timeout_ms: the longest wait, in milliseconds.
         """
         names = resource_names(resources)
         if not timeout_ms > 0:
             raise ValueError(f"timeout_ms must be positive, got {timeout_ms!r}")
-        return self._waiter.wait(
+        deadline_s = time.monotonic() + timeout_ms / 1000
+        reply = self._wait_nodes.ask_one(
             self._commands.wait_released(names, timeout_ms),
-            timeout_ms,
-            suspects=self._nodes.suspects(),
+            deadline_s=deadline_s + self._read_timeout_s,
+            skip=self._nodes.suspects(),
         )
+        if isinstance(reply, list):
+            return True
+        # Node trouble must not turn a caller's wait loop into a busy loop.
+        left_s = deadline_s - time.monotonic()
+        if left_s > 0:
+            self._sleep(left_s)
+        return False
 
     def ping(self) -> dict[str, NodeError | None]:
         """Return, per node name, None when it answers PING, else its error."""
@@ -291,7 +301,7 @@ class Redlock:
     def close(self) -> None:
         """Close every node connection (they reopen on next use)."""
         self._nodes.close()
-        self._waiter.close()
+        self._wait_nodes.close()
 
     def _attempt(self, names: tuple[str, ...], *, ttl_ms: int, fence: bool) -> Lease | list[object]:
         """Make one acquisition round; return the lease, or the replies that refused it."""

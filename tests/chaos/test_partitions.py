@@ -53,7 +53,7 @@ from tests.sale import enqueue, producer
 from worker.stack import LocalStack
 
 SCENARIO = "10-partition"
-ORDERS = 300
+ORDERS = 200
 TTL_MS = 1000
 #: Workers of every scenario here: 1 s leases, so a lapsed lease frees the SKU quickly.
 WORKER_ENV = {"REDLOCK_TTL_MS": str(TTL_MS)}
@@ -71,15 +71,17 @@ PATIENT_BUDGET = {
     "ORDER_RETRY_BASE_S": "0.05",
     "ORDER_RETRY_MAX_S": "0.5",
 }
-#: Orders arrive over ~3 s, so a partition meets orders as they come.
+#: Orders arrive over ~2 s, so a partition meets orders as they come.
 ARRIVALS_PER_S = 100.0
 #: Orders the minority worker gets while it is the only worker.
-MINORITY_ALONE = 40
-HEAL_AFTER_S = 3.0
+MINORITY_ALONE = 10
+HEAL_AFTER_S = 2.0
 #: "Everything resumes within a second or two of healing."
 RECOVERY_BOUND_S = 2.0
 #: The holder that is cut mid-lease: a lease that lapses quickly.
 STALE_TTL_MS = 1000
+#: How long the control scenario wipes the shared node.
+CONTROL_S = 2.0
 #: A probe holder that never gets a lease is waiting on the partition, not selling.
 MIN_PROBE_HOLDS = 5
 
@@ -126,6 +128,20 @@ def decided_among(engine: Engine, ids: list[str]) -> int:
     return int(scalar_rows(engine, sql, ids=ids)[0][0])
 
 
+def ledger_leases(engine: Engine) -> int:
+    """How many settlements under a lease moved stock (one fence, one transaction each)."""
+    sql = "SELECT count(*) FROM (SELECT DISTINCT fence, at FROM stock_movements) AS s"
+    return int(scalar_rows(engine, sql)[0][0])
+
+
+def last_decided(engine: Engine, ids: list[str]) -> datetime:
+    """When the last of the orders ``ids`` was decided."""
+    sql = f"SELECT max(decided_at) FROM orders WHERE id = {ANY_ID_SQL}"
+    value = scalar_rows(engine, sql, ids=ids)[0][0]
+    assert isinstance(value, datetime), value
+    return value
+
+
 def granted_between(holds: list[Hold], holders: str, since_s: float, until_s: float) -> int:
     """How many leases probes whose name starts with ``holders`` got in [since_s, until_s]."""
     return sum(
@@ -144,9 +160,8 @@ def test_asymmetric_partition_keeps_hot_leases_exclusive(
     sale = sale_of(stack, observer)
     sale.start_workers(1, env={**WORKER_ENV, **group_a.env()})
     sale.start_workers(1, env={**WORKER_ENV, **group_b.env()})
-    for number in (1, 2):
-        probes.start(group_a.urls, f"A{number}")
-        probes.start(group_b.urls, f"B{number}")
+    probes.start(group_a.urls, "A1")
+    probes.start(group_b.urls, "B1")
     sale.open(rate_per_s=ARRIVALS_PER_S)
     sale.wait_decided(0.1)
     cut_at, cut_s = now(), time.monotonic()
@@ -174,6 +189,7 @@ def test_asymmetric_partition_keeps_hot_leases_exclusive(
         ),
         probe_leases=len(holds),
         probe_leases_partitioned=during,
+        ledger_leases=ledger_leases(observer),
         probe_attempts_refused=probes.refused,
         overlaps=len(overlapping),
         fence_inversions=len(inversions),
@@ -192,13 +208,18 @@ def test_asymmetric_partition_keeps_hot_leases_exclusive(
 
 
 def test_minority_side_decides_nothing_on_its_own(
-    stack: LocalStack, observer: Engine, links: list[Links], reliability: Recorder
+    stack: LocalStack,
+    observer: Engine,
+    links: list[Links],
+    probes: Probes,
+    reliability: Recorder,
 ) -> None:
     minority = links[0]
     sale = sale_of(stack, observer)
     [cut_worker] = sale.start_workers(1, env={**SHORT_BUDGET, **minority.env()}, loglevel="INFO")
     # After start-up: a worker refuses to start without a quorum of reachable nodes.
     minority.partition([2, 3])
+    probes.start(minority.urls, "M1")  # a lock client on the minority side, next to the worker
     alone, later = sale.payloads[:MINORITY_ALONE], sale.payloads[MINORITY_ALONE:]
     alone_ids = sale.ids[:MINORITY_ALONE]
     sale.opened_s = time.monotonic()
@@ -222,6 +243,7 @@ def test_minority_side_decides_nothing_on_its_own(
     with producer(sale.broker_url) as app:
         enqueue(app, later)
     result = sale.finish()
+    minority_holds = probes.stop()
     minority.heal()
     reasons = sale.reasons()
     violations = fence_violations(observer)
@@ -235,15 +257,22 @@ def test_minority_side_decides_nothing_on_its_own(
             f"alone, its {MINORITY_ALONE} orders: "
             + ", ".join(f"{n} {key.rstrip(':')}" for key, n in sorted(alone_outcomes.items()))
             + f" after {retries_alone} retries; with a worker on the majority side, "
-            f"{result.failed - alone_outcomes.get('failed:lock_unavailable', 0)} more failed"
+            f"{result.failed - alone_outcomes.get('failed:lock_unavailable', 0)} more failed; "
+            f"a lock client on its side: {len(minority_holds)} leases in "
+            f"{probes.refused.get('M1', 0)} attempts"
         ),
         alone_outcomes=alone_outcomes,
+        minority_probe_leases=len(minority_holds),
+        minority_probe_attempts_refused=probes.refused.get("M1", 0),
+        ledger_leases=ledger_leases(observer),
         retries_logged_by_cut_worker=retries,
         failures_logged_by_cut_worker=gave_up,
         fence_violations=len(violations),
         reasons=reasons,
     )
     assert alone_outcomes == {"failed:lock_unavailable": MINORITY_ALONE}, alone_outcomes
+    assert minority_holds == [], "a lock client on the minority side got a lease"
+    assert probes.refused["M1"] > 0
     assert retries_alone >= MINORITY_ALONE * int(SHORT_BUDGET["ORDER_MAX_RETRIES"])
     assert_sound(observer, sale.ids, result)
     assert violations == []
@@ -341,6 +370,7 @@ def test_holder_cut_mid_lease_is_refused_by_the_fence_guard(
         product_fence_at_heal=fence_at_heal,
         lease_lapsed_on_nodes=lapsed_on_nodes,
         late_by_s=round(late_by_s, 1),
+        ledger_leases=ledger_leases(observer),
         fence_violations=len(violations),
     )
     assert isinstance(refusal, StaleFence), f"the late settlement was not refused: {refusal!r}"
@@ -351,33 +381,46 @@ def test_holder_cut_mid_lease_is_refused_by_the_fence_guard(
 
 
 def test_everything_resumes_soon_after_the_partition_heals(
-    stack: LocalStack, observer: Engine, links: list[Links], reliability: Recorder
+    stack: LocalStack,
+    observer: Engine,
+    links: list[Links],
+    probes: Probes,
+    reliability: Recorder,
 ) -> None:
     group_a, group_b = links
     sale = sale_of(stack, observer)
     sale.start_workers(1, env={**PATIENT_BUDGET, **group_a.env()})
     sale.start_workers(1, env={**PATIENT_BUDGET, **group_b.env()})
+    probes.start(group_a.urls, "A1")
+    probes.start(group_b.urls, "B1")
     sale.open(rate_per_s=ARRIVALS_PER_S)
     sale.wait_decided(0.2)
     # Node 2 is cut from everyone, A reaches only node 1 and B only node 3: no quorum.
-    cut_at = now()
+    cut_at, cut_s = now(), time.monotonic()
     group_a.partition([2, 3])
     group_b.partition([1, 2])
     time.sleep(HEAL_AFTER_S)
-    healed_at = now()
+    healed_at, healed_s = now(), time.monotonic()
     group_a.heal()
     group_b.heal()
     result = sale.finish()
+    holds = probes.stop()
     first = first_decided_after(observer, healed_at)
     recovery_s = (first - healed_at).total_seconds() if first else float("inf")
+    all_decided_s = (last_decided(observer, sale.ids) - healed_at).total_seconds()
+    first_probe_s = min((h.granted_s for h in holds if h.granted_s >= healed_s), default=None)
+    probe_recovery_s = first_probe_s - healed_s if first_probe_s else float("inf")
     ttl = timedelta(milliseconds=TTL_MS)
     # Leases granted before the cut stay valid up to their TTL; after that, nothing.
     decided_while_cut = decided_between(
         observer, ["confirmed", "rejected"], cut_at + ttl + timedelta(seconds=0.5), healed_at
     )
+    probe_leases_while_cut = granted_between(holds, "", cut_s + TTL_MS / 1000, healed_s)
     decided_first_s = decided_between(
         observer, ["confirmed", "rejected"], healed_at, healed_at + timedelta(seconds=1)
     )
+    overlapping = overlaps(holds)
+    inversions = fence_inversions(holds)
     reasons = sale.reasons()
     violations = fence_violations(observer)
     reliability.record(
@@ -386,16 +429,73 @@ def test_everything_resumes_soon_after_the_partition_heals(
         result,
         notes=(
             f"first order decided {recovery_s:.2f} s after the heal ({decided_first_s} in "
-            f"the first second); {decided_while_cut} decided while cut"
+            f"the first second), first probe lease after {probe_recovery_s:.2f} s, every "
+            f"order decided {all_decided_s:.1f} s after the heal; {decided_while_cut} orders "
+            f"and {probe_leases_while_cut} probe leases while cut; {len(holds)} probe leases, "
+            f"{len(overlapping)} overlaps, {len(inversions)} fences out of grant order"
         ),
         recovery_s=round(recovery_s, 2),
+        probe_recovery_s=round(probe_recovery_s, 2),
+        all_decided_after_heal_s=round(all_decided_s, 1),
         decided_first_second_after_heal=decided_first_s,
         decided_while_cut=decided_while_cut,
+        probe_leases=len(holds),
+        probe_leases_while_cut=probe_leases_while_cut,
+        overlaps=len(overlapping),
+        fence_inversions=len(inversions),
+        ledger_leases=ledger_leases(observer),
         fence_violations=len(violations),
         reasons=reasons,
     )
     assert_sound(observer, sale.ids, result)
     assert decided_while_cut == 0
+    assert probe_leases_while_cut == 0
+    assert overlapping == [], f"leases overlapped: {overlapping[:3]}"
+    assert inversions == [], f"fences out of grant order: {inversions[:3]}"
     assert violations == []
     assert recovery_s < RECOVERY_BOUND_S, f"first decision {recovery_s:.2f} s after the heal"
+    assert probe_recovery_s < RECOVERY_BOUND_S, f"first lease {probe_recovery_s:.2f} s after"
     assert result.failed == 0, reasons
+
+
+def test_the_lease_check_catches_real_overlaps_when_the_shared_node_forgets(
+    stack: LocalStack, links: list[Links], tmp_path: Path, reliability: Recorder
+) -> None:
+    """Control: the same probes and check, with node 2 (the only node A and B share) wiped.
+
+    Without node 2's memory, A's {1, 2} and B's {2, 3} majorities no longer
+    intersect in a node that remembers the lease: the check must see overlaps.
+    """
+    group_a, group_b = links
+    group_a.partition([3])
+    group_b.partition([1])
+    control = Probes(tmp_path, ttl_ms=TTL_MS, hold_s=0.1, pause_s=0.01)
+    wiped = 0
+    try:
+        control.start(group_a.urls, "A1")
+        control.start(group_b.urls, "B1")
+        with redis.Redis(host="127.0.0.1", port=stack.lock_nodes[1].port) as node_2:
+            deadline_s = time.monotonic() + CONTROL_S
+            while time.monotonic() < deadline_s:
+                node_2.flushall()
+                wiped += 1
+                time.sleep(0.03)
+        holds = control.stop()
+    finally:
+        control.kill()
+    overlapping = overlaps(holds)
+    inversions = fence_inversions(holds)
+    reliability.record(
+        SCENARIO,
+        f"Control: node 2, shared by A {{1, 2}} and B {{2, 3}}, wiped every 30 ms for "
+        f"{CONTROL_S:.0f} s",
+        notes=(
+            f"{len(holds)} probe leases, {len(overlapping)} overlaps and {len(inversions)} "
+            "fences out of grant order found: the check sees a broken lock"
+        ),
+        probe_leases=len(holds),
+        overlaps=len(overlapping),
+        fence_inversions=len(inversions),
+        wipes=wiped,
+    )
+    assert overlapping, f"no overlap found in {len(holds)} leases with node 2 wiped"

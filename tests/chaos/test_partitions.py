@@ -20,7 +20,11 @@ late. The sales are short (200 orders, 1 s leases):
 - heal: no group reaches a quorum for a few seconds, then the links heal; the
   time from the heal to the next decided order and the next probe lease is measured;
 - control: the same probes, with node 2 (the only node A and B share) wiped
-  again and again, so that the lock is broken: the lease check must find overlaps.
+  again and again, so that the lock is broken: the lease check must find overlaps;
+- known gap (strict xfail): a client that gave up many acquisitions during a
+  partition leaves keys nobody holds on a majority of nodes at the heal, which
+  lock the resource for one TTL (it explains the ~1 s before the first HOT lease
+  in some runs of the heal scenario).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from locking import Redlock, RetryPolicy
+from locking import NO_RETRY, QuorumUnavailable, Redlock, RetryPolicy
 from tasks.db import create_db_engine
 from tasks.errors import StaleFence
 from tasks.placement import COMMIT_MARGIN_MS
@@ -54,6 +58,7 @@ from tests.chaos.links import Links, database_link
 from tests.chaos.report import Recorder
 from tests.chaos.test_stale_holder import product_fence, wake_up_and_settle
 from tests.sale import enqueue, producer
+from worker.redis_server import RedisServer
 from worker.stack import LocalStack
 
 SCENARIO = "10-partition"
@@ -86,6 +91,11 @@ RECOVERY_BOUND_S = 2.0
 STALE_TTL_MS = 1000
 #: How long the control scenario wipes the shared node.
 CONTROL_S = 2.0
+#: Acquisitions a client gives up while cut from nodes 2 and 3: enough for its
+#: connections to them to close with more than 64 replies owed (locking/node.py).
+GIVE_UPS = 40
+#: How soon after a heal a lock that nobody holds must be free again.
+FREE_AFTER_HEAL_MS = 300.0
 #: Leases each side's probe must get while partitioned, or the scenario did not bite.
 MIN_PROBE_HOLDS = 5
 
@@ -497,3 +507,36 @@ def test_the_lease_check_catches_real_overlaps_when_the_shared_node_forgets(
         wipes=wiped,
     )
     assert overlapping, f"no overlap found in {len(holds)} leases with node 2 wiped"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "issue 10, 'a late grant can linger up to one TTL': acquisitions held in a "
+        "partition, on a connection the client closed with more than 64 replies owed, "
+        "are delivered at the heal and grant keys nobody holds on a majority of nodes; "
+        "the resource stays locked for one TTL after the heal"
+    ),
+)
+def test_a_client_that_gave_up_during_a_partition_leaves_no_key_behind(
+    lock_nodes: list[RedisServer],
+) -> None:
+    links = Links(lock_nodes)
+    redlock = Redlock(links.urls)
+    try:
+        redlock.release(redlock.acquire("sku:X", ttl_ms=TTL_MS))  # connections open
+        links.partition([2, 3])
+        for _ in range(GIVE_UPS):
+            with pytest.raises(QuorumUnavailable):
+                redlock.acquire("sku:X", ttl_ms=TTL_MS, fence=True, retry=NO_RETRY)
+        links.heal()
+        healed_s = time.monotonic()
+        patient = RetryPolicy(attempts=10_000, max_delay_ms=10.0, deadline_ms=3 * TTL_MS)
+        lease = redlock.acquire("sku:X", ttl_ms=TTL_MS, retry=patient)
+        free_after_ms = (time.monotonic() - healed_s) * 1000
+        redlock.release(lease)
+    finally:
+        redlock.close()
+        links.close()
+    assert free_after_ms < FREE_AFTER_HEAL_MS, f"lock free {free_after_ms:.0f} ms after the heal"

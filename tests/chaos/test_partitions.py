@@ -59,7 +59,7 @@ from tests.chaos.report import Recorder
 from tests.chaos.test_stale_holder import product_fence, wake_up_and_settle
 from tests.sale import enqueue, producer
 from worker.redis_server import RedisServer
-from worker.stack import LocalStack
+from worker.stack import LocalStack, WorkerProcess
 
 SCENARIO = "10-partition"
 ORDERS = 200
@@ -125,6 +125,14 @@ def sale_of(stack: LocalStack, observer: Engine) -> FlashSale:
     return FlashSale(stack, observer, orders=ORDERS, stock=stock_for(ORDERS))
 
 
+def start_groups(stack: LocalStack, envs: list[dict[str, str]]) -> list[WorkerProcess]:
+    """Start one worker (2 processes) per group environment, all at once."""
+    workers = [stack.start_worker(concurrency=2, extra_env=env, wait=False) for env in envs]
+    for worker in workers:
+        stack.wait_ready(worker)
+    return workers
+
+
 def first_decided_after(engine: Engine, since: datetime) -> datetime | None:
     """When the first order was confirmed or rejected at or after ``since``."""
     value = scalar_rows(
@@ -166,8 +174,7 @@ def test_asymmetric_partition_keeps_hot_leases_exclusive(
 ) -> None:
     group_a, group_b = links
     sale = sale_of(stack, observer)
-    sale.start_workers(1, env={**WORKER_ENV, **group_a.env()})
-    sale.start_workers(1, env={**WORKER_ENV, **group_b.env()})
+    start_groups(stack, [{**WORKER_ENV, **group.env()} for group in (group_a, group_b)])
     probes.start(group_a.urls, "A1")
     probes.start(group_b.urls, "B1")
     sale.open(rate_per_s=ARRIVALS_PER_S)
@@ -397,8 +404,7 @@ def test_everything_resumes_soon_after_the_partition_heals(
 ) -> None:
     group_a, group_b = links
     sale = sale_of(stack, observer)
-    sale.start_workers(1, env={**PATIENT_BUDGET, **group_a.env()})
-    sale.start_workers(1, env={**PATIENT_BUDGET, **group_b.env()})
+    start_groups(stack, [{**PATIENT_BUDGET, **group.env()} for group in (group_a, group_b)])
     probes.start(group_a.urls, "A1")
     probes.start(group_b.urls, "B1")
     sale.open(rate_per_s=ARRIVALS_PER_S)

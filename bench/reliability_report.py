@@ -92,7 +92,8 @@ SCENARIOS = {
     "nodes and database); the lease lapses, the workers sell HOT under newer fences, "
     "the links heal and the late settlement is refused by the fence guard, leaving "
     "nothing. Heal: node 2 is cut from everyone, A reaches node 1 only and B node 3 "
-    "only, for 2 s; nothing may be decided while no group has a quorum; the first "
+    "only, for 2 s; nothing may be decided from one TTL and 0.5 s after the cut (a "
+    "lease granted before it may still be used) until the heal; the first "
     "order decided and the first probe lease must come within 2 s of the heal. Control: "
     "node 2, the only node A and B share, is wiped every 30 ms: the lease check must "
     "find overlaps.",

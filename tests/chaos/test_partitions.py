@@ -205,7 +205,7 @@ def test_asymmetric_partition_keeps_hot_leases_exclusive(
         probe_leases=len(holds),
         probe_leases_partitioned=during,
         fenced_settlements=fenced_settlements(observer),
-        probe_attempts_refused=probes.refused,
+        probe_acquisitions_refused=probes.refused,
         overlaps=len(overlapping),
         fence_inversions=len(inversions),
         confirmed_while_partitioned=confirmed_during,
@@ -273,12 +273,12 @@ def test_minority_side_decides_nothing_on_its_own(
             + ", ".join(f"{n} {key.rstrip(':')}" for key, n in sorted(alone_outcomes.items()))
             + f" after {retries_alone} retries; with a worker on the majority side, "
             f"{result.failed - alone_outcomes.get('failed:lock_unavailable', 0)} more failed; "
-            f"a lock client on its side: {len(minority_holds)} leases in "
-            f"{probes.refused.get('M1', 0)} attempts"
+            f"a lock client on its side: {len(minority_holds)} leases, "
+            f"{probes.refused.get('M1', 0)} acquisitions refused"
         ),
         alone_outcomes=alone_outcomes,
         minority_probe_leases=len(minority_holds),
-        minority_probe_attempts_refused=probes.refused.get("M1", 0),
+        minority_probe_acquisitions_refused=probes.refused.get("M1", 0),
         fenced_settlements=fenced_settlements(observer),
         retries_logged_by_cut_worker=retries,
         failures_logged_by_cut_worker=gave_up,

@@ -74,6 +74,29 @@ SCENARIOS = {
     "9": "20,000 orders from four producer threads, 2 workers x 2 processes. Invariants, "
     "and the pool processes' RSS at the end within 50 MB of the start. Throughput is "
     "reported, not asserted.",
+    "10": "Network partitions: every worker group reaches each lock node through a link "
+    "of its own (a TCP proxy per group and node), so different workers see different "
+    "nodes; a partitioned link holds its bytes and delivers them late at the heal. "
+    "Sales of 200 orders, 1 s leases. Asymmetric: group A reaches nodes {1, 2} and "
+    "group B {2, 3} from a tenth of the sale on; a probe process per group takes the HOT "
+    "lock through the group's links next to the workers and records each lease's grant "
+    "and release on the monotonic clock with its fence: no two leases may overlap and "
+    "fences must rise in grant order. Minority side: a worker cut from nodes 2 and 3 "
+    "runs alone first: each order is recorded `pending`, retried 3 times, then ends "
+    "`failed` with `lock_unavailable`, and a probe on its side gets no lease; then a "
+    "worker with a quorum joins: an order the cut worker recorded is decided by the "
+    "lock holder (which settles every pending order within its SKUs) or by a retry "
+    "that reaches the other worker, and fails only if neither happens within its "
+    "retries. Cut mid-lease: the test takes a fenced lease on HOT, checks it as the "
+    "order path does and sends its settlement into a partition of every link (lock "
+    "nodes and database); the lease lapses, the workers sell HOT under newer fences, "
+    "the links heal and the late settlement is refused by the fence guard, leaving "
+    "nothing. Heal: node 2 is cut from everyone, A reaches node 1 only and B node 3 "
+    "only, for 2 s; nothing may be decided from one TTL and 0.5 s after the cut (a "
+    "lease granted before it may still be used) until the heal; the first "
+    "order decided and the first probe lease must come within 2 s of the heal. Control: "
+    "node 2, the only node A and B share, is wiped every 30 ms: the lease check must "
+    "find overlaps.",
 }
 
 DECISIONS = """\

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 
+from tasks import sql
 from tasks.db import create_db_engine
 from tasks.migrate import alembic_config, downgrade, upgrade
 from tasks.models import Base
@@ -73,3 +74,40 @@ def test_upgrade_and_downgrade_on_a_sqlite_file(tmp_path: Path) -> None:
 )
 def test_the_config_keeps_the_url_verbatim(url: str) -> None:
     assert alembic_config(url).get_main_option("sqlalchemy.url") == url
+
+
+def deployed_functions(url: str) -> dict[str, list[str]]:
+    """Return function name -> the bodies of every PostgreSQL function of that name."""
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql(
+                "SELECT proname, prosrc FROM pg_proc WHERE proname LIKE 'flashsale%%'"
+            ).all()
+    finally:
+        engine.dispose()
+    found: dict[str, list[str]] = {}
+    for name, body in rows:
+        found.setdefault(name, []).append(body)
+    return found
+
+
+def test_the_deployed_functions_are_their_living_source(empty_database_url: str) -> None:
+    upgrade(empty_database_url)
+    assert deployed_functions(empty_database_url) == {
+        function: [sql.body(function)] for function in sql.FUNCTIONS
+    }
+
+
+def test_downgrade_to_0003_restores_its_functions_and_upgrade_redeploys_the_source(
+    empty_database_url: str,
+) -> None:
+    upgrade(empty_database_url)
+    downgrade(empty_database_url, "0003")
+    deployed = deployed_functions(empty_database_url)
+    assert sorted(deployed) == sorted(sql.FUNCTIONS)
+    assert deployed["flashsale_settle"] != [sql.body("flashsale_settle")]
+    upgrade(empty_database_url)
+    assert deployed_functions(empty_database_url) == {
+        function: [sql.body(function)] for function in sql.FUNCTIONS
+    }

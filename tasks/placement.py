@@ -131,21 +131,25 @@ class OrderPlacer:
             lease = self._try_acquire(lock, resources, request) or self._handoff(
                 lock, resources, request
             )
-            recorded = lease is None
-            if lease is None:
-                state = self.record(request)
-                if state.status in TERMINAL:
-                    self._lock_outcome(started_s, "contended")
-                    return state
-                outcome = self._wait(lock, resources, request)
-                if isinstance(outcome, OrderState):
-                    self._lock_outcome(started_s, "contended")
-                    return outcome
-                lease = outcome
         except TryLater as error:
-            kind = "unavailable" if error.cause == "lock_unavailable" else "contended"
-            self._lock_outcome(started_s, kind)
+            self._lock_outcome(started_s, "unavailable")
             return self._recorded_or_raise(request, error)
+        recorded = lease is None
+        if lease is None:
+            state = self.record(request)
+            if state.status in TERMINAL:
+                self._lock_outcome(started_s, "contended")
+                return state
+            try:
+                outcome = self._wait(lock, resources, request)
+            except TryLater as error:
+                kind = "unavailable" if error.cause == "lock_unavailable" else "contended"
+                self._lock_outcome(started_s, kind)
+                raise
+            if isinstance(outcome, OrderState):
+                self._lock_outcome(started_s, "contended")
+                return outcome
+            lease = outcome
         wait_ms = self._lock_outcome(started_s, "granted") * 1000
         try:
             return self._settle_until_decided(request, lease, wait_ms, record=not recorded)
@@ -257,8 +261,10 @@ class OrderPlacer:
                 budget_ms=budget_ms,
             )
             record = False
-            if step.decisions:
-                self._events.settlement_batch(len(step.decisions))
+            # A settlement confirms or rejects; a failure here is the poison check's.
+            settled = sum(1 for d in step.decisions if d.status is not OrderStatus.FAILED)
+            if settled:
+                self._events.settlement_batch(settled)
             state = self._report(step)
             if state.status in TERMINAL or not step.decisions:
                 # Decided, or nothing left to settle while ours is still pending: its

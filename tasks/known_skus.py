@@ -20,9 +20,7 @@ class KnownSkus:
     :param capacity: SKUs remembered at most.
     """
 
-    def __init__(
-        self, lookup: Callable[[Sequence[str]], Iterable[str]], *, capacity: int = 10_000
-    ) -> None:
+    def __init__(self, lookup: Callable[[Sequence[str]], Iterable[str]], *, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity!r}")
         self._lookup = lookup

@@ -15,8 +15,6 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
-import importlib
-
 import sqlalchemy as sa
 from alembic import op
 
@@ -27,6 +25,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
+#: Revision 0003's signatures, kept for the workers of the previous release.
 OLD_SETTLE = "flashsale_settle(text[], bigint, integer, uuid, double precision)"
 OLD_PLACE = (
     "flashsale_place(uuid, text, text, text[], integer[], boolean, bigint, integer,"
@@ -43,8 +42,10 @@ def upgrade() -> None:
     op.add_column("products", sa.Column("fence_token", sa.String(length=16), nullable=True))
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.execute(f"DROP FUNCTION {OLD_PLACE}")
-    op.execute(f"DROP FUNCTION {OLD_SETTLE}")
+    # The new functions take one more argument, so they are overloads: revision
+    # 0003's stay, and workers of the previous release that still run while the
+    # new ones start keep working (with the previous guard) until they stop. A
+    # later revision drops them (OLD_PLACE, OLD_SETTLE).
     for function in sql.FUNCTIONS:
         op.execute(sql.source(function))
 
@@ -53,11 +54,6 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(f"DROP FUNCTION IF EXISTS {NEW_PLACE}")
         op.execute(f"DROP FUNCTION IF EXISTS {NEW_SETTLE}")
-        # Back to what revisions 0002 and 0003 deployed (their frozen copies).
-        settle = importlib.import_module("tasks.migrations.versions.0002_settle_functions")
-        place = importlib.import_module("tasks.migrations.versions.0003_place_function")
-        op.execute(settle.SETTLE)
-        op.execute(place.RECORD)
-        op.execute(place.PLACE)
+        # flashsale_record has the same text in 0003 and tasks/sql: nothing to restore.
     with op.batch_alter_table("products") as batch:
         batch.drop_column("fence_token")

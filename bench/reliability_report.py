@@ -108,8 +108,9 @@ DECISIONS = """\
   must survive a crash (scenario 4).
 - **The database is the correctness layer.** In every scenario the lock was degraded,
   frozen, restarted or outlived, and no scenario oversold or moved stock twice: the
-  guarded `UPDATE ... WHERE stock >= total AND fence <= fence` and one movement per
-  (order, SKU) hold whatever the lock does.
+  guarded `UPDATE ... WHERE stock >= total` with its fence guard (a lower fence, or
+  an equal fence from another lease, is refused) and one movement per (order, SKU)
+  hold whatever the lock does.
 - **Test nodes for TLS keep a plaintext port** besides `--tls-port`, because
   `RedisServer` checks readiness over plain TCP; the Redlock under test only uses the
   TLS port, and a plain-TCP client on that port gets no lease.
@@ -126,9 +127,10 @@ DECISIONS = """\
   connection fails the release round (`UNCONFIRMED`); with AOF the key then lingers
   on the restarted node for the rest of its TTL.
 - **Equal fences after two empty restarts.** With two of three nodes restarted
-  empty, a second lease can get the same fence as the first (5 then 5), which the
-  guard `fence <= :fence` accepts (a lease must be able to write its SKUs twice);
-  only the stock guard protects then. Run the lock nodes with AOF (scenario 4).
+  empty, a second lease can get the same fence as the first (5 then 5). Since
+  migration 0004 the guard compares the lease token when fences are equal, so the
+  second lease is refused as stale and its worker raises the counters and retries.
+  Run the lock nodes with AOF (scenario 4).
 """
 
 

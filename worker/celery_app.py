@@ -9,7 +9,7 @@ from worker.settings import Settings
 from worker.wiring import build_runtime
 
 
-def create_app(settings: Settings, *, include: tuple[str, ...] = ("tasks.place_order",)) -> Celery:
+def create_app(settings: Settings, *, include: tuple[str, ...] = ("tasks.celery_task",)) -> Celery:
     """Return the Celery app for ``settings``; nothing connects until a worker starts.
 
     :param include: task modules to register (benchmarks swap in a no-op task).

@@ -16,6 +16,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from locking import ConfigurationError, NodeAddress, redact_url
+from tasks.placement import LockPolicy
+from tasks.runtime import TaskRetrySchedule
+from tasks.store import StoreOptions
+
+# The defaults of the order path are defined once, by the classes that use them.
+_LOCK = LockPolicy()
+_RETRIES = TaskRetrySchedule()
+_STORE = StoreOptions()
 
 
 class SettingsError(ValueError):
@@ -37,27 +45,43 @@ class Settings:
     redlock_allow_fewer_nodes: bool = field(
         default=False, metadata={"env": "REDLOCK_ALLOW_FEWER_NODES"}
     )
-    redlock_ttl_ms: int = field(default=5000, metadata={"env": "REDLOCK_TTL_MS"})
-    redlock_handoff_ms: float = field(default=20.0, metadata={"env": "REDLOCK_HANDOFF_MS"})
-    redlock_wait_attempts: int = field(default=8, metadata={"env": "REDLOCK_WAIT_ATTEMPTS"})
-    redlock_wait_base_ms: float = field(default=2.0, metadata={"env": "REDLOCK_WAIT_BASE_MS"})
-    redlock_wait_max_ms: float = field(default=50.0, metadata={"env": "REDLOCK_WAIT_MAX_MS"})
+    redlock_ttl_ms: int = field(default=_LOCK.ttl_ms, metadata={"env": "REDLOCK_TTL_MS"})
+    redlock_handoff_ms: float = field(
+        default=_LOCK.handoff_ms, metadata={"env": "REDLOCK_HANDOFF_MS"}
+    )
+    redlock_wait_attempts: int = field(
+        default=_LOCK.retry_in_task.attempts, metadata={"env": "REDLOCK_WAIT_ATTEMPTS"}
+    )
+    redlock_wait_base_ms: float = field(
+        default=_LOCK.retry_in_task.base_delay_ms, metadata={"env": "REDLOCK_WAIT_BASE_MS"}
+    )
+    redlock_wait_max_ms: float = field(
+        default=_LOCK.retry_in_task.max_delay_ms, metadata={"env": "REDLOCK_WAIT_MAX_MS"}
+    )
     redlock_connect_timeout_ms: float = field(
         default=50.0, metadata={"env": "REDLOCK_CONNECT_TIMEOUT_MS"}
     )
     redlock_read_timeout_ms: float = field(
         default=50.0, metadata={"env": "REDLOCK_READ_TIMEOUT_MS"}
     )
-    order_max_retries: int = field(default=10, metadata={"env": "ORDER_MAX_RETRIES"})
-    order_retry_base_s: float = field(default=0.05, metadata={"env": "ORDER_RETRY_BASE_S"})
-    order_retry_max_s: float = field(default=2.0, metadata={"env": "ORDER_RETRY_MAX_S"})
-    order_max_deliveries: int = field(default=20, metadata={"env": "ORDER_MAX_DELIVERIES"})
+    order_max_retries: int = field(
+        default=_RETRIES.max_retries, metadata={"env": "ORDER_MAX_RETRIES"}
+    )
+    order_retry_base_s: float = field(
+        default=_RETRIES.base_delay_s, metadata={"env": "ORDER_RETRY_BASE_S"}
+    )
+    order_retry_max_s: float = field(
+        default=_RETRIES.max_delay_s, metadata={"env": "ORDER_RETRY_MAX_S"}
+    )
+    order_max_deliveries: int = field(
+        default=_STORE.max_deliveries, metadata={"env": "ORDER_MAX_DELIVERIES"}
+    )
     task_soft_time_limit_s: float = field(default=20.0, metadata={"env": "TASK_SOFT_TIME_LIMIT_S"})
     task_time_limit_s: float = field(default=30.0, metadata={"env": "TASK_TIME_LIMIT_S"})
     broker_visibility_timeout_s: float = field(
         default=120.0, metadata={"env": "BROKER_VISIBILITY_TIMEOUT_S"}
     )
-    db_pool_size: int = field(default=2, metadata={"env": "DB_POOL_SIZE"})
+    db_pool_size: int = field(default=_STORE.pool_size, metadata={"env": "DB_POOL_SIZE"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

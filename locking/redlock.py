@@ -21,7 +21,14 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from locking.address import NodeAddress, lock_addresses
-from locking.commands import Commands, is_grant, refusal, resource_names
+from locking.commands import (
+    Commands,
+    counter_report,
+    fence_report,
+    is_grant,
+    refusal,
+    resource_names,
+)
 from locking.errors import (
     ConfigurationError,
     ExtensionLimitReached,
@@ -29,7 +36,7 @@ from locking.errors import (
     NodeError,
 )
 from locking.fanout import Suspects
-from locking.fencing import fence_of
+from locking.fencing import Plan, Report, plan
 from locking.keepalive import KeepAlive
 from locking.lease import Lease, ReleaseOutcome
 from locking.nodeset import NodeSet
@@ -310,16 +317,18 @@ class Redlock:
         replies = self._nodes.round(
             self._commands.acquire(names, token, ttl_ms, fence=fence), Suspects.SKIP
         )
-        granted = [reply for reply in replies if is_grant(reply, fence=fence)]
+        granting = [is_grant(reply, fence=fence) for reply in replies]
+        granted = sum(granting)
         fence_value: int | None = None
         committed = True
-        if len(granted) >= self._quorum and fence:
-            fence_value, write_back = fence_of([r for r in granted if isinstance(r, int)])
-            if write_back:
+        if granted >= self._quorum and fence:
+            decided = self._fence(names, replies, granting)
+            fence_value = decided.fence
+            if decided.write_back:
                 # A failed write-back still leaves the grants on the nodes: released below.
-                committed = self._commit_fence(names, token, fence_value)
+                committed = self._commit_fence(names, token, decided)
         valid_ms = validity_ms(ttl_ms, (self._clock() - started_s) * 1000)
-        if len(granted) >= self._quorum and committed and valid_ms > 0:
+        if granted >= self._quorum and committed and valid_ms > 0:
             return Lease(
                 resources=names,
                 token=token,
@@ -334,6 +343,29 @@ class Redlock:
             self._nodes.round(self._commands.release(names, token), Suspects.SEND)
         return replies
 
-    def _commit_fence(self, names: tuple[str, ...], token: str, fence: int) -> bool:
-        replies = self._nodes.round(self._commands.commit_fence(names, token, fence), Suspects.SKIP)
+    def _fence(self, names: tuple[str, ...], replies: list[object], granting: list[bool]) -> Plan:
+        """Decide the fence of a granted lease, reading the other nodes' counters if needed."""
+        reports: list[Report | None] = [fence_report(reply) for reply in replies]
+        decided = plan(reports, granting, read_all=False)
+        if decided is None:
+            # Fewer than a majority of the granting nodes vouch for their counters
+            # (one lost its state): a majority of trusted counters must be read.
+            reads = self._nodes.round(self._commands.read_fence(names), Suspects.SKIP)
+            for index, reply in enumerate(reads):
+                if not granting[index]:
+                    reports[index] = counter_report(reply)
+            decided = plan(reports, granting, read_all=True)
+            assert decided is not None  # with every counter read, plan always decides
+        if not decided.backed:
+            logger.warning(
+                "Fence %r of %r is not backed by a majority of trusted counters: "
+                "it may be lower than an earlier one (see locking.fencing).",
+                decided.fence,
+                names,
+            )
+        return decided
+
+    def _commit_fence(self, names: tuple[str, ...], token: str, decided: Plan) -> bool:
+        payload = self._commands.commit_fence(names, token, decided.fence, decided.status)
+        replies = self._nodes.round(payload, Suspects.SKIP)
         return sum(1 for reply in replies if reply == 1) >= self._quorum

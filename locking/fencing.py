@@ -149,7 +149,11 @@ def status_for_new_nodes(reports: Sequence[Report | None], *, nodes: int) -> str
 def plan(
     reports: Sequence[Report | None], granting: Sequence[bool], *, read_all: bool
 ) -> Plan | None:
-    """Decide a lease's fence from the nodes' reports; None: read the other nodes first.
+    """Decide a lease's fence from the nodes' reports, or return None.
+
+    None before the read round means: read the other nodes' counters first; after
+    it: too few nodes answered (neither a majority of trusted counters nor every
+    node), so give up this attempt (release, retry later) rather than guess.
 
     :param reports: per configured node, its report (from its grant if it granted,
         else from the read round), or None.
@@ -164,9 +168,13 @@ def plan(
         for report in known
         if report.trust is Trust.TRUSTED or (report.trust is Trust.UNKNOWN and status == GENESIS)
     )
-    backed = trusted >= quorum(nodes)
-    if not backed and not read_all:
+    if trusted < quorum(nodes) and not read_all:
         return None
+    if trusted < quorum(nodes) and len(known) < nodes:
+        return None  # a node that did not answer may be the one that holds the last fence
+    # With every node read, the trusted ones include every node that holds the last
+    # fence and kept its state; with none trusted, the last fence may be lost.
+    backed = trusted > 0
     fence = max(report.proposal for report in known)
     # Only a trusted granting node wrote its proposal; the others need the write-back.
     holding = all(

@@ -100,17 +100,20 @@ return {'counter', high, trust}
 # KEYS: n lock keys, then their n fence counters, then the node's fence status;
 # ARGV[1]: token; ARGV[2]: fence; ARGV[3]: the status to give the node if it has
 # none ("trusted" or "recovering"), or "" to leave it.
-# Sets the status first (whatever the token). Returns 1 when every lock key still
-# holds the token and every counter is now >= fence (which makes them trusted on a
-# recovering node); 0 (and writes no counter) when the lease is gone on this node.
+# "recovering" is set whatever the token (it only withdraws trust); "trusted" only
+# where the token still holds: the client decided it from replies that may be old,
+# and the token proves the node has not lost its state since it replied.
+# Returns 1 when every lock key still holds the token and every counter is now >=
+# fence (which makes them trusted on a recovering node); 0 (and writes no counter)
+# when the lease is gone on this node.
 COMMIT_FENCE = Script("""
 local n = (#KEYS - 1) / 2
-if ARGV[3] ~= '' then
-  redis.call('set', KEYS[2 * n + 1], ARGV[3], 'nx')
-end
+local status = KEYS[2 * n + 1]
+if ARGV[3] == 'recovering' then redis.call('set', status, ARGV[3], 'nx') end
 for i = 1, n do
   if redis.call('get', KEYS[i]) ~= ARGV[1] then return 0 end
 end
+if ARGV[3] == 'trusted' then redis.call('set', status, ARGV[3], 'nx') end
 local fence = tonumber(ARGV[2])
 for i = 1, n do
   if tonumber(redis.call('get', KEYS[n + i]) or '0') < fence then

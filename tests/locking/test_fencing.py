@@ -226,10 +226,16 @@ def test_plan_takes_the_fence_from_a_majority_of_trusted_counters(
 
 
 def test_plan_after_reading_uses_the_other_nodes_counter() -> None:
-    reports = [Report(1, Trust.UNKNOWN), Report(5, Trust.TRUSTED), Report(3, Trust.TRUSTED)]
-    assert plan(reports, [True, False, True], read_all=True) == Plan(5, True, RECOVERING, True)
-    # Two nodes untrusted for the resource: best effort, and said so.
-    reports = [Report(1, Trust.UNTRUSTED), Report(2, Trust.UNTRUSTED), Report(3, Trust.TRUSTED)]
+    known = [Report(1, Trust.UNKNOWN), Report(5, Trust.TRUSTED), Report(3, Trust.TRUSTED)]
+    assert plan(known, [True, False, True], read_all=True) == Plan(5, True, RECOVERING, True)
+    # Two nodes untrusted for the resource: the third must answer, and then it has
+    # every fence that was not lost (it is the only node that can hold one).
+    reports: list[Report | None] = [Report(1, Trust.UNTRUSTED), Report(2, Trust.UNTRUSTED), None]
+    assert plan(reports, [True, True, False], read_all=True) is None
+    reports[2] = Report(3, Trust.TRUSTED)
+    assert plan(reports, [True, True, False], read_all=True) == Plan(3, True, RECOVERING, True)
+    # No node vouches for its counter: best effort, and said so.
+    reports[2] = Report(3, Trust.UNTRUSTED)
     assert plan(reports, [True, True, False], read_all=True) == Plan(3, True, RECOVERING, False)
 
 
@@ -257,6 +263,18 @@ def test_a_node_restarted_empty_cannot_bring_a_fence_down(
     lease = second.acquire("f", ttl_ms=ttl_ms, fence=True, retry=NO_RETRY)
     second.release(lease)
     assert lease.fence is not None and lease.fence > 4
+    # A is marked as having lost its state, and vouches for the written-back counter.
+    assert [client.get("redlock-fence:") for client in clients] == [
+        b"recovering",
+        b"trusted",
+        b"trusted",
+    ]
+    assert clients[0].get("redlock-fence:f") == str(lease.fence).encode()
+    clients[1].delete("redlock:f")
+    for _ in range(3):  # steady again: every node trusted, fences go on up
+        with second.lock("f", ttl_ms=ttl_ms, fence=True) as again:
+            assert again.fence is not None and again.fence > lease.fence
+            lease = again
 
 
 #: Replies of every other command of the lock, which a shifted read could see.

@@ -5,69 +5,80 @@ strictly greater than the fence of every earlier fenced lease that covered any o
 the same resources, under the assumptions below.
 
 Mechanism. Each node keeps a counter per resource (key ``fence_prefix +
-resource``, no TTL) and one status key (``fence_prefix`` itself) that says
-which of its counters it can vouch for: ``trusted`` (all of them; a missing one
-is 0), ``recovering`` (the node lost its state once: only the counters written
-back since, i.e. the ones present), or none (a new node, or one that just lost
-its state). A granting node reports ``{"fence", proposal, trust}``: one more
-than its highest counter of the lease, and whether those counters are trusted;
-a trusted node also sets them to the proposal in the same script. The client
-(`plan`) takes the fence as the highest proposal once a majority of nodes
-reported trusted counters. When fewer than a majority of granting nodes are
-trusted, a second round reads the counters of the other nodes (`READ_FENCE`).
-When the granting nodes do not all hold the fence yet (they disagreed, or one is
-not trusted), a third round writes it back (`COMMIT_FENCE`, only where the
-lease's token still holds, and a majority must confirm before the lease is used);
-a write-back makes that counter trusted on a recovering node. The node's status
-is decided by the client from the replies (`status_for_new_nodes`): a node
-without one is ``recovering`` when a majority of nodes have theirs, and
-``trusted`` when a majority has none (a new cluster, or one upgraded from
-counters without statuses); the write-back sets it.
+resource``, no TTL) and one status key (``fence_prefix`` itself: no resource
+name is empty) that says which of its counters it vouches for: ``trusted`` (all
+of them; a missing one is 0), ``recovering`` (the node lost its state once: only
+the counters written back since, i.e. the ones present), or none (a new node, or
+one that just lost its state). A granting node replies ``["fence", proposal,
+trust]``: one more than its highest counter of the lease, and whether it vouches
+for those counters; a node that does also sets them to the proposal, in the same
+script. The client (`plan`) then takes the highest proposal:
 
-Cost: one round trip in the steady state (a majority of trusted nodes that
-agree); two after they diverged (the write-back); three for the first leases of
-a resource after a node lost its state (a read, then the write-back), which
-also repairs that node's counter for the resource.
+- when a majority of nodes vouch for their counters (the steady state: one round
+  trip, nothing more when the granting nodes agree);
+- otherwise it reads every other node's counters (`READ_FENCE`) and needs either
+  a majority that vouches or an answer from every node; if a node is silent the
+  attempt is given up (released, retried) rather than guessed.
+
+When a granting node does not hold the fence yet (the nodes disagreed, or it did
+not vouch), the fence is written back (`COMMIT_FENCE`, only where the lease's
+token still holds; a majority must confirm before the lease is used), which makes
+the counter trusted on a recovering node. The client also decides the status of
+a node that has none, from the same replies (`status_for_new_nodes`):
+``recovering`` when a majority of nodes have a status, ``trusted`` when a
+majority has none (a new cluster, or one upgraded from counters without
+statuses; given only where the lease's token proves the node did not lose its
+state since it replied). Cost: one round trip in the steady state, two after the
+nodes diverged, three for the first lease of a resource after a node lost its
+state (a read, then the write-back that repairs that node's counter).
 
 Why the fence only grows. Say a node *holds* fence F when its counter was set to
-at least F while trusted (by the grant, or by the write-back while the lease's
-token was there), and stops holding anything when it loses its state. Every
-fence is held by a majority before its lease is handed out. The next lease's
-fence is the highest proposal over a majority T of trusted counters, read after
-its own grants. A node that lost its state is not trusted (no status, or
-recovering without the counter) until a write-back of a fence computed after its
-return, which is higher than anything it held. So T is drawn from the nodes that
-kept their state or were written back since, and any majority T meets the
-majority that holds the last fence F* minus the nodes that lost it: with w such
-nodes, T lies among N - w nodes and the holders among those are at least
-quorum - w, and quorum + quorum - w > N - w. That node's counter is at least F*,
-so the new fence is greater. Token-checked write-backs keep a late or paused
-client's write from vouching for a counter: it lands only while its lease's
-keys are on that node, i.e. after that node's return, with a fence computed
-after it. `tests/locking/test_fence_model.py` checks this on random
-interleavings of grants, slow nodes, late requests, losses and restarts.
+at least F while it vouched for it (by the grant, or by the write-back while the
+lease's token was there); it stops holding anything when it loses its state.
+Every fence is held by a majority before its lease is handed out. A node that
+lost its state vouches for a counter again only after a write-back of a fence
+computed after its return, which exceeds everything it held. The next lease
+reads its proposals after its own grants, so after the last fence F* was held:
+
+- from a majority T of vouching nodes: with w nodes that lost F* since, T lies
+  among the N - w others, of which at least quorum - w still hold F*, and
+  quorum + (quorum - w) > N - w, so T contains one;
+- from every node: the vouching nodes include every node that still holds F*,
+  and one does unless every holder lost its state.
+
+Either way a proposal exceeds F*. Token-checked write-backs keep a late or
+paused client from vouching for a low counter: the write lands only while its
+lease's keys are on that node, so after that node's return and with a fence
+computed after it. `tests/locking/test_fence_model.py` checks this on 20,000
+random interleavings of grants, late and skipped requests, paused clients,
+losses and restarts (0 violations; the previous rule, where every node vouched,
+fails there).
 
 Assumptions, and what does not hold:
 
-- A node that loses its state is marked recovering before a majority of nodes
-  lack a status: two nodes of three losing their state before a fenced lease
-  reached the first one again looks like a new cluster, and their counters are
-  trusted from 0. So does a node restored from a backup (it has a status and old
-  counters): never restore a lock node from a backup.
-- At most ``N - quorum`` nodes (one of three) are untrusted for a resource when
-  it is next acquired with a fence. A node stays untrusted for a resource until a
-  fenced lease of that resource is granted or written back on it; a resource
-  nobody locked while two nodes of three lost their state one after the other
-  has no trusted majority. Then (`Plan.backed` is False, logged as a warning) the
-  fence is the highest counter any node reported, possibly lower than an earlier
-  one; it is written back and trusted from then on. The database guard refuses
-  such a lease (`fence <= :fence`), and `Redlock.advance_fence` lifts the
-  counters above the database's fence: the same repair as after losing a
-  majority of nodes.
-- Mutual exclusion itself, which fences back up but do not replace, needs a node
-  that lost its state to stay out for longer than the longest lease lived: its
-  TTL, or ``(max_extensions + 1) x TTL`` for a lease that is extended (11 x TTL
-  with the defaults), plus the clock drift.
+- One node loses its state at a time: the next may lose it only once the last
+  one has its status again (the next fenced lease that reaches it gives it
+  ``recovering``) and every node has one (a new cluster's first leases give
+  them). Two nodes of three without a status look like a new cluster, and their
+  counters are trusted from 0.
+- Not every node that holds a resource's last fence loses its state before a
+  fenced lease of that resource is written back. A resource nobody locked while
+  two of three nodes lost their state one after the other can have lost its last
+  fence with them; when no node vouches for its counter, the fence is the highest
+  counter found (a best effort, logged as a warning) and may be lower than an
+  earlier one: the database guard refuses it, and `Redlock.advance_fence` lifts
+  the counters above the database's fence, as after a majority of nodes lost
+  their state. A node restored from a backup (a status, and old counters) breaks
+  this too: never restore a lock node from a backup.
+- Mutual exclusion, which fences back up but do not replace, needs a node that
+  lost its state to stay out for longer than the longest lease lived: its TTL,
+  or ``(max_extensions + 1) x TTL`` for a lease that is extended (11 x TTL with
+  the defaults; an auto-extended lease lives at most about ``max_extensions / 3
+  + 1`` TTLs), plus the clock drift. Counters and statuses do not depend on it.
+- A fenced acquisition needs a majority of nodes that vouch for the resource's
+  counters, or every node answering: while a node that lost its state is down
+  and a second one does not vouch for a resource, fenced leases of that resource
+  fail with `LockContended` (their grants are released) until the node is back.
 - Nothing else writes the counters or the status keys.
 
 Store the fence next to the data it guards and refuse writes with a smaller one

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from locking.address import NodeAddress, lock_addresses
+from locking.clock import lease_clock
 from locking.commands import (
     Commands,
     counter_report,
@@ -65,7 +66,8 @@ class Redlock:
     :param max_extensions: how often one lease may be extended.
     :param allow_fewer_than_three: accept 1 or 2 nodes (development only: one
         node failing then loses the lock).
-    :param clock: monotonic clock in seconds, injectable for tests.
+    :param clock: the validity clock in seconds (`locking.clock.lease_clock`: it counts
+        time suspended), injectable for tests.
     :param sleep: sleep function in seconds, injectable for tests.
     :param rng: random source for backoff jitter.
     """
@@ -83,7 +85,7 @@ class Redlock:
         retry: RetryPolicy = _DEFAULT_RETRY,
         max_extensions: int = 10,
         allow_fewer_than_three: bool = False,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = lease_clock,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -323,10 +325,13 @@ class Redlock:
         committed = True
         if granted >= self._quorum and fence:
             decided = self._fence(names, replies, granting)
-            fence_value = decided.fence
-            if decided.write_back:
-                # A failed write-back still leaves the grants on the nodes: released below.
-                committed = self._commit_fence(names, token, decided)
+            if decided is None:
+                committed = False  # the grants are released below; the next attempt may tell
+            else:
+                fence_value = decided.fence
+                if decided.write_back:
+                    # A failed write-back still leaves the grants on the nodes: released below.
+                    committed = self._commit_fence(names, token, decided)
         valid_ms = validity_ms(ttl_ms, (self._clock() - started_s) * 1000)
         if granted >= self._quorum and committed and valid_ms > 0:
             return Lease(
@@ -343,8 +348,13 @@ class Redlock:
             self._nodes.round(self._commands.release(names, token), Suspects.SEND)
         return replies
 
-    def _fence(self, names: tuple[str, ...], replies: list[object], granting: list[bool]) -> Plan:
-        """Decide the fence of a granted lease, reading the other nodes' counters if needed."""
+    def _fence(
+        self, names: tuple[str, ...], replies: list[object], granting: list[bool]
+    ) -> Plan | None:
+        """Decide the fence of a granted lease, reading the other nodes' counters if needed.
+
+        Returns None when too few nodes answered to decide it safely (`fencing.plan`).
+        """
         reports: list[Report | None] = [fence_report(reply) for reply in replies]
         decided = plan(reports, granting, read_all=False)
         if decided is None:
@@ -355,7 +365,13 @@ class Redlock:
                 if not granting[index]:
                     reports[index] = counter_report(reply)
             decided = plan(reports, granting, read_all=True)
-            assert decided is not None  # with every counter read, plan always decides
+            if decided is None:
+                logger.warning(
+                    "Fence of %r not decided: too few lock nodes answered that vouch for "
+                    "their counters; the attempt is given up.",
+                    names,
+                )
+                return None
         if not decided.backed:
             logger.warning(
                 "Fence %r of %r is not backed by a majority of trusted counters: "

@@ -291,3 +291,28 @@ def test_no_other_reply_reads_as_a_fenced_grant(reply: object) -> None:
 @pytest.mark.parametrize("reply", [0, 1, 2, -1, None, b"PONG", [b"fence", 7, 1]])
 def test_no_other_reply_reads_as_a_plain_grant(reply: object) -> None:
     assert not is_grant(reply, fence=False)
+
+
+def test_without_a_vouching_majority_every_node_must_answer(
+    make_redlock: MakeRedlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
+) -> None:
+    """Nodes 1 and 2 lost their state (recovering, no counter): only node 3 still holds
+    the last fence, so while it is silent no fenced lease may be handed out."""
+    for client in clients[:2]:
+        client.set("redlock-fence:", "recovering")
+    clients[2].set("redlock-fence:", "trusted")
+    clients[2].set("redlock-fence:f", 7)
+    redlock = make_redlock()
+    redlock.ping()
+    lock_nodes[2].freeze()
+    try:
+        with pytest.raises(LockContended):
+            redlock.acquire("f", ttl_ms=2000, fence=True, retry=NO_RETRY)
+    finally:
+        lock_nodes[2].thaw()
+    assert [client.get("redlock:f") for client in clients[:2]] == [None, None]  # released
+    time.sleep(1.1)  # node 3 is no longer suspected
+    with redlock.lock("f", ttl_ms=2000, fence=True) as lease:
+        # Above 7 (9: node 3 ran the late grant of the first attempt when thawed).
+        assert lease.fence is not None and lease.fence > 7
+    assert [client.get("redlock-fence:f") for client in clients] == [str(lease.fence).encode()] * 3

@@ -6,6 +6,11 @@ time left (TTL - elapsed - drift) is still positive. Every round sends to all
 nodes before reading any reply (`locking.fanout`), waits for all of them (or
 the read timeout), and never returns at quorum: a late grant is therefore never
 left behind by a release, and a failed attempt releases on every node at once.
+The release travels on the same connection as the late grant; when that
+connection is closed first (more than `locking.node.MAX_OWED_REPLIES` owed
+replies, or a suspect node whose connection is gone, which a release skips), the
+late grant lingers until its key expires: at most one TTL after it lands, and it
+only blocks that one node.
 
 Fencing tokens (``fence=True``) are explained in `locking.fencing`.
 """
@@ -274,7 +279,8 @@ class Redlock:
 
         A wake-up call for waiters instead of sleeping through a backoff, not a
         grant: call `acquire` next. Every release leaves one wake-up per resource on
-        each node (a one-element list, kept `locking.commands.WAKE_TTL_MS`), which
+        each node it reaches where the resource is free afterwards, also on nodes
+        the holder had skipped (a one-element list, kept `locking.commands.WAKE_TTL_MS`), which
         one blocked waiter takes, first come first served. This waits on one node,
         the first trusted one that takes the request; when none can, it sleeps the
         timeout instead. Returns True when woken by a release, False on timeout or

@@ -110,12 +110,14 @@ def _report(reply: object, tag: bytes, lowest: int) -> Report | None:
     if not (isinstance(reply, list) and len(reply) == 3 and reply[0] == tag):
         return None
     _, value, trust = reply
-    if type(value) is not int or type(trust) is not int or value < lowest:
-        return None
-    if trust not in (Trust.UNKNOWN, Trust.UNTRUSTED, Trust.TRUSTED):
+    known = _TRUST.get(trust) if type(trust) is int else None
+    if type(value) is not int or value < lowest or known is None:
         return None
     # A read returns the counter itself; the grant's proposal is one more.
-    return Report(proposal=value + 1 - lowest, trust=Trust(trust))
+    return Report(proposal=value + 1 - lowest, trust=known)
+
+
+_TRUST = {int(trust): trust for trust in Trust}
 
 
 def resource_names(resources: str | Sequence[str]) -> tuple[str, ...]:

@@ -172,6 +172,16 @@ def plan(
     :param read_all: whether the other nodes' counters were read already.
     """
     nodes = len(reports)
+    granted = [r for r, grant in zip(reports, granting, strict=True) if grant and r is not None]
+    if (
+        len(granted) >= quorum(nodes)
+        and len(granted) == sum(granting)
+        and all(report.trust is Trust.TRUSTED for report in granted)
+        and len({report.proposal for report in granted}) == 1
+    ):
+        # The steady state: a majority vouches and agrees; every granting node holds it.
+        fence = max(report.proposal for report in reports if report is not None)
+        return Plan(fence=fence, write_back=fence != granted[0].proposal, status="", backed=True)
     status = status_for_new_nodes(reports, nodes=nodes)
     known = [report for report in reports if report is not None]
     trusted = sum(

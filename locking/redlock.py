@@ -325,12 +325,16 @@ class Redlock:
         replies = self._nodes.round(
             self._commands.acquire(names, token, ttl_ms, fence=fence), Suspects.SKIP
         )
-        granting = [is_grant(reply, fence=fence) for reply in replies]
+        reports = [fence_report(reply) for reply in replies] if fence else []
+        if fence:
+            granting = [report is not None for report in reports]
+        else:
+            granting = [is_grant(reply, fence=False) for reply in replies]
         granted = sum(granting)
         fence_value: int | None = None
         committed = True
         if granted >= self._quorum and fence:
-            decided = self._fence(names, replies, granting)
+            decided = self._fence(names, reports, granting)
             if decided is None:
                 committed = False  # the grants are released below; the next attempt may tell
             else:
@@ -355,13 +359,12 @@ class Redlock:
         return replies
 
     def _fence(
-        self, names: tuple[str, ...], replies: list[object], granting: list[bool]
+        self, names: tuple[str, ...], reports: list[Report | None], granting: list[bool]
     ) -> Plan | None:
         """Decide the fence of a granted lease, reading the other nodes' counters if needed.
 
         Returns None when too few nodes answered to decide it safely (`fencing.plan`).
         """
-        reports: list[Report | None] = [fence_report(reply) for reply in replies]
         decided = plan(reports, granting, read_all=False)
         if decided is None:
             # Fewer than a majority of the granting nodes vouch for their counters

@@ -205,8 +205,8 @@ T, U, N = Trust.TRUSTED, Trust.UNTRUSTED, Trust.UNKNOWN
     ("reports", "granting", "expected"),
     [
         # Agreeing trusted nodes: their fence, nothing more to do.
-        ([(7, T), (7, T), (7, T)], [True] * 3, Plan(7, False, RECOVERING, True)),
-        ([(7, T), (7, T), None], [True, True, False], Plan(7, False, RECOVERING, True)),
+        ([(7, T), (7, T), (7, T)], [True] * 3, Plan(7, False, "", True)),
+        ([(7, T), (7, T), None], [True, True, False], Plan(7, False, "", True)),
         # Disagreeing: the highest, written back.
         ([(41, T), (1, T), (41, T)], [True] * 3, Plan(41, True, RECOVERING, True)),
         # A node without status among two with theirs: recovering, written back.

@@ -29,8 +29,9 @@ a node that has none, from the same replies (`status_for_new_nodes`):
 majority has none (a new cluster, or one upgraded from counters without
 statuses; given only where the lease's token proves the node did not lose its
 state since it replied). Cost: one round trip in the steady state, two after the
-nodes diverged, three for the first lease of a resource after a node lost its
-state (a read, then the write-back that repairs that node's counter).
+nodes diverged, up to three for the first lease of a resource after a node lost
+its state (a read when the granting majority does not vouch, then the write-back
+that repairs that node's counter).
 
 Why the fence only grows. Say a node *holds* fence F when its counter was set to
 at least F while it vouched for it (by the grant, or by the write-back while the

@@ -143,8 +143,9 @@ class Redlock:
 
         :param resources: one resource name or several (all-or-nothing).
         :param ttl_ms: how long the nodes keep the lease, in milliseconds.
-        :param fence: also issue a fencing token (one more round trip only when the
-            nodes' counters disagree, e.g. after a node lost them).
+        :param fence: also issue a fencing token (one more round trip when the nodes'
+            counters disagree, up to two for a resource's first lease after a node lost
+            its state; see `locking.fencing`).
         :param retry: overrides the lock's default retry policy.
         :raises LockContended: another holder kept the lock on every attempt.
         :raises QuorumUnavailable: too many nodes failed on the last attempt.

@@ -316,3 +316,17 @@ def test_without_a_vouching_majority_every_node_must_answer(
         # Above 7 (9: node 3 ran the late grant of the first attempt when thawed).
         assert lease.fence is not None and lease.fence > 7
     assert [client.get("redlock-fence:f") for client in clients] == [str(lease.fence).encode()] * 3
+
+
+def test_advance_fence_creates_no_counter_a_recovering_node_would_vouch_for(
+    redlock: Redlock, clients: list[redis.Redis]
+) -> None:
+    redlock.release(redlock.acquire("a", ttl_ms=2000, fence=True))  # every node trusted
+    clients[0].flushall()
+    clients[0].set("redlock-fence:", "recovering")
+    assert redlock.advance_fence("b", 50) == 3
+    # A counter there would count as written back by a lease, which 50 was not.
+    assert [client.get("redlock-fence:b") for client in clients] == [None, b"50", b"50"]
+    with redlock.lock("b", ttl_ms=2000, fence=True) as lease:
+        assert lease.fence == 51
+    assert [client.get("redlock-fence:b") for client in clients] == [b"51"] * 3

@@ -50,8 +50,11 @@ SCENARIOS = {
     "`lock_unavailable`, and none fails after the nodes are back.",
     "4": "A lock node restarted without persistence while a lease is held. At the lock "
     "level: safe with one empty restart when the holder has all three nodes; a second "
-    "holder admitted, with no newer fence, after two empty restarts or one restart of a "
-    "two-node lease (the hazard); safe when the crashed node returns only after the TTL, "
+    "holder admitted after two empty restarts or one restart of a two-node lease (the "
+    "hazard), with a newer fence after one restart (the restarted node does not vouch "
+    "for its fence counters, `locking/fencing.py`), so the database's fence guard "
+    "refuses the first holder from then on, and with no newer fence after two; "
+    "safe when the crashed node returns only after the TTL, "
     "even if another restarts empty meanwhile; with AOF the lease key and the fence "
     "counter survive SIGKILL. End to end, a sale whose node is restarted empty three "
     "times: the database's fence guard keeps the ledger ordered, nothing is oversold.",

@@ -6,6 +6,11 @@ time left (TTL - elapsed - drift) is still positive. Every round sends to all
 nodes before reading any reply (`locking.fanout`), waits for all of them (or
 the read timeout), and never returns at quorum: a late grant is therefore never
 left behind by a release, and a failed attempt releases on every node at once.
+The release travels on the same connection as the late grant; when that
+connection is closed first (more than `locking.node.MAX_OWED_REPLIES` owed
+replies, or a suspect node whose connection is gone, which a release skips), the
+late grant lingers until its key expires: at most one TTL after it lands, and it
+only blocks that one node.
 
 Fencing tokens (``fence=True``) are explained in `locking.fencing`.
 """
@@ -21,7 +26,15 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from locking.address import NodeAddress, lock_addresses
-from locking.commands import Commands, is_grant, refusal, resource_names
+from locking.clock import lease_clock
+from locking.commands import (
+    Commands,
+    counter_report,
+    fence_report,
+    is_grant,
+    refusal,
+    resource_names,
+)
 from locking.errors import (
     ConfigurationError,
     ExtensionLimitReached,
@@ -29,7 +42,7 @@ from locking.errors import (
     NodeError,
 )
 from locking.fanout import Suspects
-from locking.fencing import fence_of
+from locking.fencing import Plan, Report, plan
 from locking.keepalive import KeepAlive
 from locking.lease import Lease, ReleaseOutcome
 from locking.nodeset import NodeSet
@@ -58,7 +71,8 @@ class Redlock:
     :param max_extensions: how often one lease may be extended.
     :param allow_fewer_than_three: accept 1 or 2 nodes (development only: one
         node failing then loses the lock).
-    :param clock: monotonic clock in seconds, injectable for tests.
+    :param clock: the validity clock in seconds (`locking.clock.lease_clock`: it counts
+        time suspended), injectable for tests.
     :param sleep: sleep function in seconds, injectable for tests.
     :param rng: random source for backoff jitter.
     """
@@ -76,7 +90,7 @@ class Redlock:
         retry: RetryPolicy = _DEFAULT_RETRY,
         max_extensions: int = 10,
         allow_fewer_than_three: bool = False,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = lease_clock,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -129,8 +143,9 @@ class Redlock:
 
         :param resources: one resource name or several (all-or-nothing).
         :param ttl_ms: how long the nodes keep the lease, in milliseconds.
-        :param fence: also issue a fencing token (one more round trip only when the
-            nodes' counters disagree, e.g. after a node lost them).
+        :param fence: also issue a fencing token (one more round trip when the nodes'
+            counters disagree, up to two for a resource's first lease after a node lost
+            its state; see `locking.fencing`).
         :param retry: overrides the lock's default retry policy.
         :raises LockContended: another holder kept the lock on every attempt.
         :raises QuorumUnavailable: too many nodes failed on the last attempt.
@@ -265,7 +280,8 @@ class Redlock:
 
         A wake-up call for waiters instead of sleeping through a backoff, not a
         grant: call `acquire` next. Every release leaves one wake-up per resource on
-        each node (a one-element list, kept `locking.commands.WAKE_TTL_MS`), which
+        each node it reaches where the resource is free afterwards, also on nodes
+        the holder had skipped (a one-element list, kept `locking.commands.WAKE_TTL_MS`), which
         one blocked waiter takes, first come first served. This waits on one node,
         the first trusted one that takes the request; when none can, it sleeps the
         timeout instead. Returns True when woken by a release, False on timeout or
@@ -310,16 +326,25 @@ class Redlock:
         replies = self._nodes.round(
             self._commands.acquire(names, token, ttl_ms, fence=fence), Suspects.SKIP
         )
-        granted = [reply for reply in replies if is_grant(reply, fence=fence)]
+        reports = [fence_report(reply) for reply in replies] if fence else []
+        if fence:
+            granting = [report is not None for report in reports]
+        else:
+            granting = [is_grant(reply, fence=False) for reply in replies]
+        granted = sum(granting)
         fence_value: int | None = None
         committed = True
-        if len(granted) >= self._quorum and fence:
-            fence_value, write_back = fence_of([r for r in granted if isinstance(r, int)])
-            if write_back:
-                # A failed write-back still leaves the grants on the nodes: released below.
-                committed = self._commit_fence(names, token, fence_value)
+        if granted >= self._quorum and fence:
+            decided = self._fence(names, reports, granting)
+            if decided is None:
+                committed = False  # the grants are released below; the next attempt may tell
+            else:
+                fence_value = decided.fence
+                if decided.write_back:
+                    # A failed write-back still leaves the grants on the nodes: released below.
+                    committed = self._commit_fence(names, token, decided)
         valid_ms = validity_ms(ttl_ms, (self._clock() - started_s) * 1000)
-        if len(granted) >= self._quorum and committed and valid_ms > 0:
+        if granted >= self._quorum and committed and valid_ms > 0:
             return Lease(
                 resources=names,
                 token=token,
@@ -334,6 +359,39 @@ class Redlock:
             self._nodes.round(self._commands.release(names, token), Suspects.SEND)
         return replies
 
-    def _commit_fence(self, names: tuple[str, ...], token: str, fence: int) -> bool:
-        replies = self._nodes.round(self._commands.commit_fence(names, token, fence), Suspects.SKIP)
+    def _fence(
+        self, names: tuple[str, ...], reports: list[Report | None], granting: list[bool]
+    ) -> Plan | None:
+        """Decide the fence of a granted lease, reading the other nodes' counters if needed.
+
+        Returns None when too few nodes answered to decide it safely (`fencing.plan`).
+        """
+        decided = plan(reports, granting, read_all=False)
+        if decided is None:
+            # Fewer than a majority of the granting nodes vouch for their counters
+            # (one lost its state): a majority of trusted counters must be read.
+            reads = self._nodes.round(self._commands.read_fence(names), Suspects.SKIP)
+            for index, reply in enumerate(reads):
+                if not granting[index]:
+                    reports[index] = counter_report(reply)
+            decided = plan(reports, granting, read_all=True)
+            if decided is None:
+                logger.warning(
+                    "Fence of %r not decided: too few lock nodes answered that vouch for "
+                    "their counters; the attempt is given up.",
+                    names,
+                )
+                return None
+        if not decided.backed:
+            logger.warning(
+                "Fence %r of %r is not backed by a majority of trusted counters: "
+                "it may be lower than an earlier one (see locking.fencing).",
+                decided.fence,
+                names,
+            )
+        return decided
+
+    def _commit_fence(self, names: tuple[str, ...], token: str, decided: Plan) -> bool:
+        payload = self._commands.commit_fence(names, token, decided.fence, decided.status)
+        replies = self._nodes.round(payload, Suspects.SKIP)
         return sum(1 for reply in replies if reply == 1) >= self._quorum

@@ -28,7 +28,7 @@ from tasks.db import create_db_engine
 from tasks.migrate import upgrade
 from tests.pg import create_database, drop_database
 from tests.sale import enqueue, producer, random_carts, seed_products
-from worker.stack import LocalStack
+from worker.demo.stack import LocalStack
 
 RESULTS = Path(__file__).with_name("results") / "e2e_bench.json"
 

@@ -46,7 +46,7 @@ import redis
 
 from bench.lock_contention import CONTENDED_POLICIES, TTL_MS, measure_all_contended
 from locking import Redlock
-from worker.redis_server import redis_servers
+from worker.demo.redis_server import redis_servers
 
 RESULTS = Path(__file__).with_name("results") / "lock_bench.json"
 #: Share of the uncontended cycles each contender runs per block (pottery is ~30x slower).

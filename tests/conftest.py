@@ -16,8 +16,8 @@ from sqlalchemy import Engine
 from tasks.db import create_db_engine
 from tasks.migrate import upgrade
 from tests.pg import PG_ADMIN_URL, create_database, drop_database
-from worker.redis_server import INSTALL_HINT, RedisServer, redis_servers
-from worker.stack import LocalStack
+from worker.demo.redis_server import INSTALL_HINT, RedisServer, redis_servers
+from worker.demo.stack import LocalStack
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

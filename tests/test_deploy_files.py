@@ -25,10 +25,10 @@ import yaml  # type: ignore[import-untyped]
 from celery import Celery
 from sqlalchemy import create_engine, inspect
 
-from worker.monitor import flower_command, http_status, wait_until_answering
-from worker.redis_server import free_port
+from worker.demo.flower import flower_command, http_status, wait_until_answering
+from worker.demo.redis_server import free_port
+from worker.demo.stack import LocalStack
 from worker.settings import Settings
-from worker.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

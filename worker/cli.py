@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_check)
 
     demo = commands.add_parser("demo", help="run a complete flash sale on embedded defaults")
-    from worker.demo import add_arguments
+    from worker.demo.run import add_arguments
 
     add_arguments(demo)
     return parser

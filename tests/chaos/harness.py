@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from tests.chaos.figures import ANY_ID_SQL, Figures, figures, scalar_rows
 from tests.sale import enqueue, producer, random_carts, seed_products
-from worker.stack import LocalStack, WorkerProcess
+from worker.demo.stack import LocalStack, WorkerProcess
 
 #: Orders per scenario (the brief's floor is 2,000; raise it for a longer soak).
 ORDERS = int(os.environ.get("CHAOS_ORDERS", "2000"))

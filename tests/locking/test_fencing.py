@@ -13,7 +13,7 @@ from locking import NO_RETRY, LockContended, Redlock, ReleaseOutcome
 from locking.fencing import fence_of
 from tests.locking import _procs
 from tests.locking._support import FOREIGN, MakeRedlock
-from worker.redis_server import RedisServer
+from worker.demo.redis_server import RedisServer
 
 
 def test_fences_increase_for_one_client(redlock: Redlock, clients: list[redis.Redis]) -> None:

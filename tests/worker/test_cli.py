@@ -16,8 +16,8 @@ from tasks.db import session_factory
 from tasks.models import Product, StockMovement
 from tests.domain import TABLES, head_revision, record, schema, settle_now
 from tests.sale import wait_until_decided
-from worker.redis_server import RedisServer, free_port
-from worker.stack import LocalStack
+from worker.demo.redis_server import RedisServer, free_port
+from worker.demo.stack import LocalStack
 
 FLASHSALE = str(Path(sys.executable).with_name("flashsale"))
 

@@ -1,4 +1,9 @@
-"""Worker lifecycle: refuse unsafe configurations at start, never share state across fork."""
+"""Worker lifecycle: refuse unsafe configurations at start, never share state across fork.
+
+`connect` is called by `worker.celery_app.create_app`; the handlers act only for an
+app that `create_app` built (one that carries ``flashsale_settings``), so another
+Celery app in the same process starts as if this module were not there.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import logging
 import sys
 from typing import Any
 
+from celery import Celery, current_app
 from celery.signals import worker_init, worker_process_init
 
 from tasks import runtime
@@ -33,9 +39,26 @@ def startup_problems(settings: Settings) -> list[str]:
     return problems
 
 
-@worker_init.connect
+def connect() -> None:
+    """Connect the lifecycle handlers once per process (idempotent)."""
+    worker_init.connect(_refuse_unsafe_configuration, dispatch_uid=_UID_REFUSE, weak=False)
+    worker_process_init.connect(_fresh_process_state, dispatch_uid=_UID_FRESH, weak=False)
+
+
+_UID_REFUSE = "flashsale.refuse_unsafe_configuration"
+_UID_FRESH = "flashsale.fresh_process_state"
+
+
+def _settings_of(app: Celery | None) -> Settings | None:
+    """Return the settings of an app built by `create_app`, None for any other app."""
+    settings = getattr(app, "flashsale_settings", None)
+    return settings if isinstance(settings, Settings) else None
+
+
 def _refuse_unsafe_configuration(sender: Any = None, **_: Any) -> None:
-    settings: Settings = sender.app.flashsale_settings
+    settings = _settings_of(getattr(sender, "app", None))
+    if settings is None:
+        return
     problems = startup_problems(settings)
     if problems:
         for problem in problems:
@@ -44,7 +67,9 @@ def _refuse_unsafe_configuration(sender: Any = None, **_: Any) -> None:
         raise SystemExit(2)
 
 
-@worker_process_init.connect
 def _fresh_process_state(**_: Any) -> None:
+    # worker_process_init has no sender; the pool child has just made its app current.
+    if _settings_of(current_app._get_current_object()) is None:
+        return
     # The parent's engine pool and lock sockets must not be used by this child.
     runtime.reset()

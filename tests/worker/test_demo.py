@@ -24,9 +24,9 @@ import pytest
 
 from tasks.db import create_db_engine, session_factory
 from tasks.models import Product
-from worker.demo.audit import percentile
 from worker.demo.flower import http_status
 from worker.demo.progress import ProgressBar
+from worker.demo.stats import percentile
 from worker.demo.summary import RunInfo, Summary
 
 FLASHSALE = str(Path(sys.executable).with_name("flashsale"))

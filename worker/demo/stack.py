@@ -144,10 +144,6 @@ class LocalStack:
         self.others.append(process)
         return process
 
-    def stop_worker(self, worker: WorkerProcess, *, timeout_s: float = 15.0) -> None:
-        """Warm-shutdown one worker (TERM), killing its whole group if it hangs."""
-        _stop_group(worker.process, timeout_s)
-
     def kill_worker(self, worker: WorkerProcess) -> None:
         """SIGKILL a worker and all its pool processes at once, as a machine crash would."""
         with contextlib.suppress(ProcessLookupError):

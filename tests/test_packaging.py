@@ -3,6 +3,7 @@ type markers, exact versions, and a light install for a web app."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -69,3 +70,34 @@ def test_a_web_app_install_needs_neither_flower_nor_the_demo() -> None:
     assert any(
         _name(r) == "flower" for r in PYPROJECT["project"]["optional-dependencies"]["worker"]
     )
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    """Module file -> top-level names (and ``worker.demo``) it imports, anywhere in the file."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = []
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                modules = [node.module]
+            for module in modules:
+                names.add(
+                    "worker.demo" if module.startswith("worker.demo") else module.split(".")[0]
+                )
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def test_imports_point_downward_only() -> None:
+    below = {"locking": {"locking"}, "tasks": {"tasks", "locking"}}
+    ours = {"locking", "tasks", "worker", "worker.demo", "tests", "bench"}
+    for package, allowed in below.items():
+        for path, names in _imports(package).items():
+            assert names & ours <= allowed, f"{path} imports {sorted(names & ours - allowed)}"
+    for path, names in _imports("worker").items():
+        assert not names & {"tests", "bench"}, f"{path} imports test or benchmark code"
+        if not path.startswith("worker/demo/") and path != "worker/cli.py":
+            assert "worker.demo" not in names, f"{path} imports the demo"

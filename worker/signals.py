@@ -1,8 +1,10 @@
 """Worker lifecycle: refuse unsafe configurations at start, never share state across fork.
 
-`connect` is called by `worker.celery_app.create_app`; the handlers act only for an
-app that `create_app` built (one that carries ``flashsale_settings``), so another
-Celery app in the same process starts as if this module were not there.
+`connect` is called by `worker.celery_app.create_app`: importing `worker` connects
+nothing. The start-up check acts only for an app that `create_app` built (one that
+carries ``flashsale_settings``), so another Celery app in the same process starts
+as if this module were not there; the fork handler only forgets flashsale's own
+runtime.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import sys
 from typing import Any
 
-from celery import Celery, current_app
+from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
 from tasks import runtime
@@ -68,8 +70,7 @@ def _refuse_unsafe_configuration(sender: Any = None, **_: Any) -> None:
 
 
 def _fresh_process_state(**_: Any) -> None:
-    # worker_process_init has no sender; the pool child has just made its app current.
-    if _settings_of(current_app._get_current_object()) is None:
-        return
-    # The parent's engine pool and lock sockets must not be used by this child.
+    # The parent's engine pool and lock sockets must not be used by this child. The
+    # signal names no app; this only forgets flashsale's own runtime, which is right
+    # in any pool child of a process that built a flashsale app.
     runtime.reset()

@@ -29,7 +29,7 @@ from tasks.validation import OrderRequest, parse_order
 from tests.domain import SETTLE_FUNCTION
 from tests.pg import create_database, drop_database
 from tests.sale import seed_products
-from worker.redis_server import redis_servers
+from worker.demo.redis_server import redis_servers
 
 
 def main() -> None:

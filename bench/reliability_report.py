@@ -164,7 +164,7 @@ def render(document: dict[str, Any]) -> str:
         "",
         f"Reproduce: `{COMMAND}` (or `RELIABILITY_REPORT=reliability.json "
         ".venv/bin/python -m pytest tests/chaos`, then "
-        "`.venv/bin/python bench/reliability_report.py --json reliability.json`).",
+        "`.venv/bin/python -m bench.reliability_report --json reliability.json`).",
         "",
         *TABLE_HEAD,
     ]

@@ -25,10 +25,10 @@ import yaml  # type: ignore[import-untyped]
 from celery import Celery
 from sqlalchemy import create_engine, inspect
 
-from worker.monitor import flower_command, http_status, wait_until_answering
-from worker.redis_server import free_port
+from worker.demo.flower import flower_command, http_status, wait_until_answering
+from worker.demo.redis_server import free_port
+from worker.demo.stack import LocalStack
 from worker.settings import Settings
-from worker.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -101,6 +101,43 @@ def _duration_s(text: str) -> float:
 def test_compose_has_every_service(compose: dict[str, Any]) -> None:
     for name in ("broker", *LOCK_SERVICES, "postgres", "migrate", "worker", "flower"):
         _service(compose, name)
+
+
+#: ``name:version[-variant]``; PostgreSQL (10+) numbers its releases major.minor.
+IMAGE_TAG = re.compile(r"(?P<name>[a-z0-9./-]+):(?P<version>\d+(?:\.\d+)*)(?:-[A-Za-z0-9.-]+)?")
+
+
+def is_exact_image(image: str) -> bool:
+    """Return true when ``image`` names one release (or one digest), not a moving tag."""
+    if re.fullmatch(r"[a-z0-9./:-]+@sha256:[0-9a-f]{64}", image):
+        return True
+    match = IMAGE_TAG.fullmatch(image)
+    if match is None:
+        return False
+    parts = match["version"].count(".") + 1
+    return parts == (2 if match["name"] == "postgres" else 3)
+
+
+def test_every_compose_image_is_pinned_to_an_exact_version(compose: dict[str, Any]) -> None:
+    images = {name: s["image"] for name, s in compose["services"].items() if "build" not in s}
+    assert images, "no third-party image in docker-compose.yml"
+    for name, image in images.items():
+        assert is_exact_image(image), f"{name}: image {image!r} is not an exact version"
+
+
+def test_the_dockerfile_base_image_is_exact_and_installs_from_the_constraints() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    bases = re.findall(r"^FROM\s+(\S+)", dockerfile, flags=re.MULTILINE)
+    assert bases and all(is_exact_image(base) for base in bases), bases
+    assert re.search(r"pip install -c constraints\.txt \"\.\[worker\]\"", dockerfile)
+    assert "constraints.txt" in dockerfile.split("COPY", 1)[1]
+
+
+def test_a_moving_tag_is_not_exact() -> None:
+    for image in ("redis:7.2-alpine", "postgres:16-alpine", "python:3.11-slim", "redis"):
+        assert not is_exact_image(image), image
+    for image in ("redis:7.2.7-alpine", "postgres:16.6-alpine", "python:3.11.11-slim-bookworm"):
+        assert is_exact_image(image), image
 
 
 def test_lock_nodes_are_three_distinct_servers_none_of_them_the_broker(

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.tcp_proxy import TcpProxy
-from worker.redis_server import RedisServer
+from worker.demo.redis_server import RedisServer
 
 
 @pytest.fixture

@@ -21,8 +21,9 @@ from worker.settings import Settings, SettingsError
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``flashsale`` command; return the process exit status."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(with_demo=arguments[:1] == ["demo"])
+    args = parser.parse_args(arguments)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
@@ -32,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, with_demo: bool) -> argparse.ArgumentParser:
+    """Return the command-line parser; the demo's options (and modules) only when asked."""
     parser = argparse.ArgumentParser(prog="flashsale", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -61,9 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_check)
 
     demo = commands.add_parser("demo", help="run a complete flash sale on embedded defaults")
-    from worker.demo import add_arguments
+    if with_demo:
+        # Only `flashsale demo` loads the demo: `db upgrade` in a release step must not.
+        from worker.demo.run import add_arguments
 
-    add_arguments(demo)
+        add_arguments(demo)
     return parser
 
 

@@ -28,9 +28,9 @@ from tests.chaos.figures import assert_sound
 from tests.chaos.harness import SHORT_LIMITS, FlashSale, broker_backlog, drain
 from tests.chaos.report import Recorder
 from worker import create_app
-from worker.redis_server import RedisServer
+from worker.demo.redis_server import RedisServer
+from worker.demo.stack import LocalStack
 from worker.settings import Settings
-from worker.stack import LocalStack
 
 OUTAGE_S = 3.0
 #: How long the producer may take to report the broker down (its retries take ~1 s).

@@ -33,8 +33,8 @@ from locking import NO_RETRY, Lease, LockContended, NotAcquired, Redlock
 from tests.chaos.figures import assert_sound, fence_violations
 from tests.chaos.harness import FlashSale, log_lines
 from tests.chaos.report import Recorder
-from worker.redis_server import RedisServer, redis_servers
-from worker.stack import LocalStack
+from worker.demo.redis_server import RedisServer, redis_servers
+from worker.demo.stack import LocalStack
 
 RESOURCE = "sku:restart"
 KEY = f"redlock:{RESOURCE}"

@@ -31,7 +31,7 @@ from tests.chaos.figures import assert_sound, fence_violations, scalar_rows
 from tests.chaos.harness import FlashSale, log_lines, wait_until
 from tests.chaos.report import Recorder
 from tests.sale import enqueue, producer
-from worker.stack import LocalStack
+from worker.demo.stack import LocalStack
 
 STALE_TTL_MS = 500
 #: Scenario 8b: the workers' lease TTL, and how long a pool process stays frozen.

@@ -18,10 +18,10 @@ from sqlalchemy import Engine
 
 from tasks.producer import submit_order
 from tests.sale import seed_products, wait_until_decided
-from worker.monitor import basic_auth_header, flower_command, wait_until_answering
-from worker.redis_server import RedisServer, free_port
-from worker.shoppers import web_client
-from worker.stack import LocalStack
+from worker.demo.flower import basic_auth_header, flower_command, wait_until_answering
+from worker.demo.redis_server import RedisServer, free_port
+from worker.demo.shoppers import web_client
+from worker.demo.stack import LocalStack
 
 BROKER_PASSWORD = "broker-pw-5fd2a9"
 LOCK_PASSWORD = "lock-pw-81c7e0"

@@ -29,7 +29,7 @@ from locking import (
     RetryPolicy,
 )
 from tests.locking._support import FOREIGN, MakeRedlock
-from worker.redis_server import RedisServer, free_port, redis_servers
+from worker.demo.redis_server import RedisServer, free_port, redis_servers
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from locking.commands import is_grant, refusal
 from locking.fencing import GENESIS, RECOVERING, Plan, Report, Trust, plan
 from tests.locking import _procs
 from tests.locking._support import FOREIGN, MakeRedlock
-from worker.redis_server import RedisServer
+from worker.demo.redis_server import RedisServer
 
 
 def test_fences_increase_for_one_client(redlock: Redlock, clients: list[redis.Redis]) -> None:

@@ -10,7 +10,7 @@ import redis
 
 from locking import Redlock, ReleaseOutcome
 from tests.locking._support import FOREIGN, MakeRedlock
-from worker.redis_server import RedisServer
+from worker.demo.redis_server import RedisServer
 
 
 def test_a_release_wakes_a_waiter_at_once(make_redlock: MakeRedlock) -> None:

@@ -20,7 +20,7 @@ from tests.domain import fences, movements, order_row, request, settle_now, stat
 from tests.locks import lock_fences, lock_values
 from tests.sale import seed_products
 from tests.tasks.conftest import MakeStore, Record
-from worker.redis_server import RedisServer
+from worker.demo.redis_server import RedisServer
 
 #: Waits briefly for a contended lock, so that giving up is quick.
 SHORT_WAIT = LockPolicy(

@@ -19,7 +19,7 @@ from tasks.producer import get_order, submit_order
 from tasks.validation import TASK_NAME
 from tests.domain import record_pending, request
 from tests.sale import producer
-from worker.redis_server import RedisServer, free_port
+from worker.demo.redis_server import RedisServer, free_port
 
 
 @pytest.fixture

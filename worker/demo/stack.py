@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.redis_server import RedisServer, free_port
+from worker.demo.redis_server import RedisServer, free_port
 
 
 class StackError(RuntimeError):
@@ -143,10 +143,6 @@ class LocalStack:
             )  # fmt: skip
         self.others.append(process)
         return process
-
-    def stop_worker(self, worker: WorkerProcess, *, timeout_s: float = 15.0) -> None:
-        """Warm-shutdown one worker (TERM), killing its whole group if it hangs."""
-        _stop_group(worker.process, timeout_s)
 
     def kill_worker(self, worker: WorkerProcess) -> None:
         """SIGKILL a worker and all its pool processes at once, as a machine crash would."""

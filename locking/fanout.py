@@ -28,7 +28,8 @@ class Suspects(Enum):
     SKIP = "skip"
     #: Send to them but do not wait; their reply is discarded when it comes (release).
     #: Only on an open connection: a new one could not order the request after the
-    #: late ones, and connecting to a silent node would cost the connect timeout.
+    #: late ones, and connecting to a silent node would cost the connect timeout. (An
+    #: open connection the node itself closed is replaced: nothing queued on it runs.)
     SEND = "send"
     #: Treat them like any other node (health checks).
     AWAIT = "await"

@@ -346,6 +346,11 @@ class Node:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock = _wrap_tls(raw, address) if address.tls else raw
             self._handshake(sock, deadline)
+            if not isinstance(sock, ssl.SSLSocket):
+                # Non-blocking: sends never hang on a frozen node, reads spin then poll.
+                sock.setblocking(False)
+            self._poller = select.poll()
+            self._poller.register(sock, select.POLLIN)
         except NodeError as error:
             raw.close()
             raise self._suspected(error) from None
@@ -364,11 +369,6 @@ class Node:
         except BaseException:
             raw.close()  # interrupted: do not leak the socket
             raise
-        if not isinstance(sock, ssl.SSLSocket):
-            # Non-blocking: sends never hang on a frozen node, reads spin then poll.
-            sock.setblocking(False)
-        self._poller = select.poll()
-        self._poller.register(sock, select.POLLIN)
         self._sock = sock
         return sock
 

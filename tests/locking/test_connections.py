@@ -83,6 +83,19 @@ def test_connections_closed_by_the_server_idle_timeout_are_replaced(
             client.config_set("timeout", 0)
 
 
+def test_a_release_after_every_node_restarted_with_aof_reaches_them(
+    make_redlock: MakeRedlock,
+) -> None:
+    with redis_servers(3, appendonly=True) as servers:
+        redlock = make_redlock([server.url for server in servers], connect_timeout_ms=1000)
+        lease = redlock.acquire("k", ttl_ms=30_000)
+        for server in servers:
+            server.stop()
+            server.start()
+        assert redlock.release(lease) is ReleaseOutcome.RELEASED
+        redlock.release(redlock.acquire("k", ttl_ms=2000, retry=NO_RETRY))
+
+
 # -- bad names and refused ports ----------------------------------------------------------------
 
 

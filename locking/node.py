@@ -288,10 +288,14 @@ class Node:
         :raises TimeoutError: nothing arrived before ``deadline``.
         """
         if isinstance(sock, ssl.SSLSocket):
+            # Wait outside the busy step: an exception while waiting (the likely place
+            # for one, with a silent node) then leaves a connection that can be kept.
             remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0:
+            if remaining_s <= 0 or not (
+                sock.pending() or self._poller.poll(max(1, math.ceil(remaining_s * 1000)))
+            ):
                 raise TimeoutError
-            sock.settimeout(remaining_s)
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
             return self._feed(sock)
         # A reply on loopback or a LAN usually lands within tens of microseconds:
         # polling the non-blocking socket that long avoids a sleep and a wake-up,

@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from locking import NO_RETRY, NODE_ERROR_KINDS, NodeError, Redlock, ReleaseOutcome
+from locking import NO_RETRY, NODE_ERROR_KINDS, NodeAddress, NodeError, Redlock, ReleaseOutcome
+from locking.node import Node
+from locking.protocol import encode_command
 from tests.locking._support import MakeRedlock
 from worker.redis_server import RedisServer, free_port, redis_servers
 
@@ -155,6 +157,27 @@ def test_a_bad_node_costs_at_most_the_connect_timeout_and_is_suspected(
         redlock.release(redlock.acquire("k", ttl_ms=2000, retry=NO_RETRY))
         assert time.monotonic() - started < BOUND_S
     assert len(errors) == 1
+
+
+def test_a_full_send_buffer_suspects_the_node(lock_nodes: list[RedisServer]) -> None:
+    node = Node(
+        NodeAddress(host="127.0.0.1", port=lock_nodes[0].port),
+        connect_timeout_s=1.0,
+        suspect_s=30.0,
+    )
+    try:
+        assert node.send(encode_command(["PING"])) is None
+        assert node.read(time.monotonic() + 1.0) == b"PONG"
+        lock_nodes[0].freeze()
+        try:  # more than any socket buffer holds, to a node that reads nothing
+            error = node.send(encode_command(["SET", "big", b"0" * 64_000_000]))
+        finally:
+            lock_nodes[0].thaw()
+        assert node.is_suspect(time.monotonic())
+        assert not node.connected  # part of the command left: the connection cannot stay
+        assert isinstance(error, NodeError) and error.kind == "timeout"
+    finally:
+        node.close()
 
 
 # -- error kinds, the callback, state logging -------------------------------------------------

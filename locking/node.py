@@ -173,6 +173,15 @@ class Node:
             self.health.answered()
         return reply
 
+    def drop_if_owed(self) -> None:
+        """Close the connection if a command on it still awaits its reply.
+
+        For blocking commands (BLPOP): an earlier one that ended early (a timeout, an
+        exception) may still block the connection and take what the next one waits for.
+        """
+        if self.in_flight:
+            self.close()
+
     def close(self) -> None:
         """Drop the connection; in a forked child only this process's copy is closed."""
         sock, self._sock = self._sock, None

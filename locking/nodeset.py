@@ -98,10 +98,7 @@ class NodeSet:
             for node, skipped in zip(self._nodes, skip, strict=True):
                 if skipped or node.is_suspect(now):
                     continue
-                if node.in_flight:
-                    # An earlier wait ended early (timeout, exception): its command may
-                    # still block the connection and take a wake-up meant for us.
-                    node.close()
+                node.drop_if_owed()  # an earlier wait may still block it
                 if node.send(payload) is None:
                     try:
                         return node.read(deadline_s)

@@ -81,6 +81,7 @@ def test_rounds_interrupted_at_random_points_never_shift_replies(
         try:
             with interrupt_after(rng.uniform(0.00002, 0.0015)):
                 lease = redlock.acquire(f"r{index}", ttl_ms=2000, fence=index % 2 == 0)
+                redlock.extend(lease)
                 redlock.release(lease, confirm=index % 3 != 0)
         except Interrupted:
             interrupted += 1
@@ -88,6 +89,7 @@ def test_rounds_interrupted_at_random_points_never_shift_replies(
         # nodes hold, and its release finds it there.
         lease = redlock.acquire(f"fresh{index}", ttl_ms=2000, retry=NO_RETRY)
         assert holders(clients, f"redlock:fresh{index}", lease.token) == 3
+        redlock.extend(lease)
         assert redlock.release(lease) is ReleaseOutcome.RELEASED
     assert interrupted > 10  # the test did interrupt rounds
 

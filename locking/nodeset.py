@@ -25,8 +25,9 @@ class NodeSet:
     """The configured lock nodes, in a fixed order, with their quorum.
 
     :param addresses: the nodes.
-    :param connect_timeout_s: bound on connecting to one node, login included.
-    :param suspect_s: how long a node that timed out is skipped by acquisitions.
+    :param connect_timeout_s: bound on connecting to one node, lookup and login included.
+    :param suspect_s: how long a node that timed out, refused or did not resolve is
+        skipped by acquisitions.
     :param read_timeout_s: bound on waiting for the replies of one round.
     :param health: per node, its shared state (logging, error callback); another
         node set over the same nodes passes the same objects.

@@ -144,6 +144,7 @@ def test_a_bad_node_costs_at_most_the_connect_timeout_and_is_suspected(
         [node_urls[0], node_urls[1], url],
         connect_timeout_ms=200,
         read_timeout_ms=200,
+        suspect_ms=30_000,  # longer than the test, however loaded the host
         on_node_error=report,
     )
     started = time.monotonic()

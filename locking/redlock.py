@@ -23,9 +23,9 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from locking.address import NodeAddress, lock_addresses
+from locking.address import NodeSpec, lock_addresses
 from locking.clock import lease_clock
 from locking.commands import (
     Commands,
@@ -45,13 +45,13 @@ from locking.fanout import Suspects
 from locking.fencing import Plan, Report, plan
 from locking.keepalive import KeepAlive
 from locking.lease import Lease, ReleaseOutcome
+from locking.node import NodeHealth
 from locking.nodeset import NodeSet
 from locking.protocol import encode_command
 from locking.timing import RetryPolicy, drift_ms, validity_ms
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-NodeSpec = str | NodeAddress | Any
 _DEFAULT_RETRY = RetryPolicy()
 
 
@@ -59,14 +59,17 @@ class Redlock:
     """A distributed lock over independent Redis nodes.
 
     :param nodes: redis URLs (``redis://``, ``rediss://``, with user/password),
-        `NodeAddress` objects or ``redis.Redis`` clients (only their address is used).
+        `NodeAddress` objects or ``redis.Redis`` clients (only their address is used,
+        see `locking.address.RedisClientLike`).
     :param key_prefix: prefix of the lock keys.
     :param fence_prefix: prefix of the fence counter keys.
     :param wake_prefix: prefix of the wake-up lists releases push to (`wait_released`).
-    :param connect_timeout_ms: bound on connecting to one node, login included.
+    :param connect_timeout_ms: bound on connecting to one node, name lookup and login
+        included.
     :param read_timeout_ms: bound on waiting for the replies of one round.
-    :param suspect_ms: how long a node that timed out is skipped by acquisitions (not
-        when that would leave fewer than a quorum of nodes to ask).
+    :param suspect_ms: how long a node that timed out, refused the connection or did
+        not resolve is skipped by acquisitions (not when that would leave fewer than
+        a quorum of nodes to ask).
     :param retry: the default retry policy of `acquire`.
     :param max_extensions: how often one lease may be extended.
     :param allow_fewer_than_three: accept 1 or 2 nodes (development only: one
@@ -75,6 +78,9 @@ class Redlock:
         time suspended), injectable for tests.
     :param sleep: sleep function in seconds, injectable for tests.
     :param rng: random source for backoff jitter.
+    :param on_node_error: called with every `NodeError` a round met while contacting a
+        node (not for nodes it skipped as suspect); must be cheap, and an exception it
+        raises is logged and swallowed.
     """
 
     def __init__(
@@ -93,6 +99,7 @@ class Redlock:
         clock: Callable[[], float] = lease_clock,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        on_node_error: Callable[[NodeError], None] | None = None,
     ) -> None:
         addresses = lock_addresses(nodes, allow_fewer_than_three=allow_fewer_than_three)
         if min(connect_timeout_ms, read_timeout_ms) <= 0 or max_extensions < 0:
@@ -102,6 +109,7 @@ class Redlock:
             connect_timeout_s=connect_timeout_ms / 1000,
             suspect_s=suspect_ms / 1000,
             read_timeout_s=read_timeout_ms / 1000,
+            health=[NodeHealth(address.name, on_node_error) for address in addresses],
         )
         self._quorum = self._nodes.quorum
         self._commands = Commands(
@@ -113,6 +121,7 @@ class Redlock:
             connect_timeout_s=connect_timeout_ms / 1000,
             suspect_s=suspect_ms / 1000,
             read_timeout_s=read_timeout_ms / 1000,
+            health=self._nodes.health,
         )
         self._read_timeout_s = read_timeout_ms / 1000
         self._retry = retry
@@ -151,8 +160,7 @@ class Redlock:
         :raises QuorumUnavailable: too many nodes failed on the last attempt.
         """
         names = resource_names(resources)
-        if not isinstance(ttl_ms, int) or ttl_ms <= drift_ms(ttl_ms):
-            raise ValueError(f"ttl_ms must be an int larger than the drift, got {ttl_ms!r}")
+        _check_ttl(ttl_ms)
         policy = retry or self._retry
         started_s = self._clock()
         replies: list[object] = []
@@ -176,10 +184,13 @@ class Redlock:
         Only nodes that still hold the token are extended; an expired key is never
         recreated. Without a quorum the lease is marked lost.
 
+        :raises ValueError: ``ttl_ms`` is not an int larger than the drift; the lease
+            is left as it was, on the nodes too.
         :raises ExtensionLimitReached: the lease was extended ``max_extensions`` times.
         :raises LeaseLost: the lease expired or no quorum still held it.
         """
         ttl_ms = lease.ttl_ms if ttl_ms is None else ttl_ms
+        _check_ttl(ttl_ms)
         lease.check()
         if lease.extensions >= self._max_extensions:
             raise ExtensionLimitReached(
@@ -194,10 +205,11 @@ class Redlock:
             reason = f"extension confirmed by {confirmed} of {len(replies)} nodes"
             lease.mark_lost(reason)
             raise LeaseLost(resources=lease.resources, reason=reason)
-        lease.extensions += 1
-        lease.ttl_ms = ttl_ms
-        lease.validity_ms = valid_ms
-        lease.valid_until_s = started_s + (ttl_ms - drift_ms(ttl_ms)) / 1000
+        lease.record_extension(
+            ttl_ms=ttl_ms,
+            validity_ms=valid_ms,
+            valid_until_s=started_s + (ttl_ms - drift_ms(ttl_ms)) / 1000,
+        )
         return lease
 
     def release(self, lease: Lease, *, confirm: bool = True) -> ReleaseOutcome:
@@ -246,7 +258,7 @@ class Redlock:
             lease's ``lost`` event is set and ``lease.check()`` raises `LeaseLost`.
         """
         lease = self.acquire(resources, ttl_ms=ttl_ms, fence=fence, retry=retry)
-        keepalive = KeepAlive(self, lease) if auto_extend else None
+        keepalive = KeepAlive(lease, lambda: self.extend(lease)) if auto_extend else None
         if keepalive is not None:
             keepalive.start()
         try:
@@ -292,16 +304,17 @@ class Redlock:
         names = resource_names(resources)
         if not timeout_ms > 0:
             raise ValueError(f"timeout_ms must be positive, got {timeout_ms!r}")
-        deadline_s = time.monotonic() + timeout_ms / 1000
+        started_s = self._clock()
         reply = self._wait_nodes.ask_one(
             self._commands.wait_released(names, timeout_ms),
-            deadline_s=deadline_s + self._read_timeout_s,
+            # The node's I/O runs on the real monotonic clock, whatever the lock's is.
+            deadline_s=time.monotonic() + timeout_ms / 1000 + self._read_timeout_s,
             skip=self._nodes.suspects(),
         )
         if isinstance(reply, list):
             return True
         # Node trouble must not turn a caller's wait loop into a busy loop.
-        left_s = deadline_s - time.monotonic()
+        left_s = timeout_ms / 1000 - (self._clock() - started_s)
         if left_s > 0:
             self._sleep(left_s)
         return False
@@ -354,8 +367,12 @@ class Redlock:
                 fence=fence_value,
                 clock=self._clock,
             )
-        # A grant, or a timed-out request that may still land, must not linger.
-        if granted or any(isinstance(reply, NodeError) and reply.timed_out for reply in replies):
+        # A grant, or a request that may have landed unseen (timed out, or its
+        # connection closed before the reply was read), must not linger.
+        if granted or any(
+            isinstance(reply, NodeError) and (reply.timed_out or reply.kind == "closed")
+            for reply in replies
+        ):
             self._nodes.round(self._commands.release(names, token), Suspects.SEND)
         return replies
 
@@ -395,3 +412,9 @@ class Redlock:
         payload = self._commands.commit_fence(names, token, decided.fence, decided.status)
         replies = self._nodes.round(payload, Suspects.SKIP)
         return sum(1 for reply in replies if reply == 1) >= self._quorum
+
+
+def _check_ttl(ttl_ms: object) -> None:
+    """Raise `ValueError` unless ``ttl_ms`` is an int TTL larger than its drift."""
+    if not isinstance(ttl_ms, int) or isinstance(ttl_ms, bool) or ttl_ms <= drift_ms(ttl_ms):
+        raise ValueError(f"ttl_ms must be an int larger than the drift, got {ttl_ms!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from tasks import runtime
+from worker import observability
 from worker.settings import Settings
 from worker.wiring import build_runtime
 
@@ -51,5 +52,6 @@ def create_app(settings: Settings, *, include: tuple[str, ...] = ("tasks.place_o
         worker_hijack_root_logger=False,
     )
     app.flashsale_settings = settings
+    observability.install(app, settings)
     runtime.install(lambda: build_runtime(settings))
     return app

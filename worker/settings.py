@@ -17,6 +17,9 @@ from urllib.parse import urlsplit
 
 from locking import ConfigurationError, NodeAddress, redact_url
 
+#: ``text`` is Celery's own format; ``json`` is one JSON object per line (worker.logformat).
+LOG_FORMATS = ("text", "json")
+
 
 class SettingsError(ValueError):
     """The environment holds a value that cannot be used; the message names the variable."""
@@ -58,6 +61,8 @@ class Settings:
         default=120.0, metadata={"env": "BROKER_VISIBILITY_TIMEOUT_S"}
     )
     db_pool_size: int = field(default=2, metadata={"env": "DB_POOL_SIZE"})
+    worker_metrics_port: int = field(default=0, metadata={"env": "WORKER_METRICS_PORT"})
+    log_format: str = field(default="text", metadata={"env": "LOG_FORMAT"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -69,6 +74,11 @@ class Settings:
             if raw is not None and raw.strip() != "":
                 values[spec.name] = _convert(spec.metadata["env"], raw.strip(), spec.default)
         return cls(**values)
+
+    @property
+    def metrics_enabled(self) -> bool:
+        """True when WORKER_METRICS_PORT is set: the worker serves /metrics on it."""
+        return self.worker_metrics_port > 0
 
     @property
     def lock_enabled(self) -> bool:
@@ -89,6 +99,10 @@ class Settings:
                 "BROKER_VISIBILITY_TIMEOUT_S must exceed TASK_TIME_LIMIT_S + ORDER_RETRY_MAX_S, "
                 "or a slow task would be delivered twice"
             )
+        if not 0 <= self.worker_metrics_port <= 65535:
+            problems.append("WORKER_METRICS_PORT must be a TCP port (0 or unset: no metrics)")
+        if self.log_format not in LOG_FORMATS:
+            problems.append(f"LOG_FORMAT must be one of {LOG_FORMATS}, got {self.log_format!r}")
         if self.redlock_ttl_ms <= 100:
             problems.append("REDLOCK_TTL_MS must be above 100 ms")
         if not 0 <= self.redlock_handoff_ms < self.task_soft_time_limit_s * 1000:

@@ -156,9 +156,61 @@ def test_worker_waits_for_migration_and_healthy_services(compose: dict[str, Any]
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
     depends = _service(compose, "worker")["depends_on"]
     assert depends["migrate"]["condition"] == "service_completed_successfully"
+    assert depends["broker"]["condition"] == "service_healthy"
     for name in ("broker", *LOCK_SERVICES):
-        assert depends[name]["condition"] == "service_healthy", name
         assert "healthcheck" in _service(compose, name), name
+    # One lock node down must not stop new workers: their own start-up check
+    # requires a quorum (tests/worker/test_startup.py), not all three nodes.
+    assert not set(LOCK_SERVICES) & set(depends), depends
+
+
+def _healthcheck_text(service: dict[str, Any]) -> str:
+    test = service["healthcheck"]["test"]
+    assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL"), test
+    return " ".join(str(part) for part in test[1:])
+
+
+def test_worker_and_flower_have_health_checks(compose: dict[str, Any]) -> None:
+    worker = _healthcheck_text(_service(compose, "worker"))
+    # $$ is Compose's escape: the shell sees $HOSTNAME, the container's node name (%h).
+    assert "celery -A worker inspect ping -d worker@$$HOSTNAME" in worker
+    hostname = next(p for p in _command(_service(compose, "worker")) if p.startswith("--hostname="))
+    assert hostname == "--hostname=worker@%h"
+    flower = _healthcheck_text(_service(compose, "flower"))
+    assert "http://127.0.0.1:5555/healthcheck" in flower
+
+
+def test_monitoring_profile(compose: dict[str, Any], env_example: dict[str, str]) -> None:
+    for name in ("prometheus", "grafana", "exporter"):
+        assert _service(compose, name).get("profiles") == ["monitoring"], name
+    for name, service in compose["services"].items():
+        if name not in ("prometheus", "grafana", "exporter"):
+            assert "profiles" not in service, f"{name} must run without a profile"
+    worker_env = _service(compose, "worker")["environment"]
+    metrics_port = int(_default(worker_env["WORKER_METRICS_PORT"], env_example))
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    dns = jobs["flashsale-worker"]["dns_sd_configs"][0]
+    assert dns["names"] == ["worker"] and dns["type"] == "A" and dns["port"] == metrics_port
+    exporter_port = _command(_service(compose, "exporter"))[-1]
+    assert jobs["flashsale-exporter"]["static_configs"][0]["targets"] == [
+        f"exporter:{exporter_port}"
+    ]
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    volumes = [str(v) for v in _service(compose, "prometheus")["volumes"]]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in volumes
+    grafana = _service(compose, "grafana")
+    volumes = [str(v) for v in grafana["volumes"]]
+    assert "./deploy/grafana/flashsale.json:/var/lib/grafana/dashboards/flashsale.json:ro" in (
+        volumes
+    )
+    provider = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/flashsale.yml").read_text()
+    )
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    auth = str(grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"])
+    match = COMPOSE_VARIABLE.fullmatch(auth)
+    assert match and match.group(2) == ":?", "Grafana's admin password must be required"
 
 
 def test_flower_requires_basic_auth(compose: dict[str, Any]) -> None:
@@ -172,8 +224,10 @@ def test_flower_requires_basic_auth(compose: dict[str, Any]) -> None:
     for port in flower.get("ports", []):
         assert str(port).startswith("127.0.0.1:"), f"Flower published beyond loopback: {port}"
     for name, service in compose["services"].items():
-        if name != "flower":
+        if name not in ("flower", "prometheus", "grafana"):
             assert "ports" not in service, f"{name} publishes a port"
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} published beyond loopback"
 
 
 def test_every_compose_variable_is_in_env_example(env_example: dict[str, str]) -> None:
@@ -313,6 +367,8 @@ def test_procfile_workers_get_distinct_node_names(procfile: dict[str, str]) -> N
     for port in ("5000", "5001", "5002"):
         words = _expand_words(procfile["worker"], PORT=port)
         names.add(next(word for word in words if word.startswith("--hostname=")))
+        # Each worker serves its metrics on its own PORT, whatever .env says.
+        assert f"WORKER_METRICS_PORT={port}" in words
     assert len(names) == 3, names
 
 
@@ -357,14 +413,16 @@ def test_procfile_worker_and_flower_lines_run(
     procfile: dict[str, str], procfile_stack: LocalStack
 ) -> None:
     stack = procfile_stack
-    for port in ("5000", "5001"):
+    # Free ports, not honcho's 5000 and 5001: each worker binds its PORT for metrics.
+    ports = [str(free_port()), str(free_port())]
+    for port in ports:
         stack.env["PORT"] = port
         stack.start_process(["sh", "-c", procfile["worker"]], log_name=f"worker.{port}.log")
     flower_port = free_port()
     stack.env.update(PORT=str(flower_port), FLOWER_BASIC_AUTH="ops:procfile-pw")
     flower = stack.start_process(["sh", "-c", procfile["flower"]], log_name="flower.log")
     host = socket.gethostname()
-    expected = {f"worker.5000@{host}", f"worker.5001@{host}"}
+    expected = {f"worker.{port}@{host}" for port in ports}
     replies: set[str] = set()
     with Celery("procfile-test", broker=stack.env["CELERY_BROKER_URL"]) as control:
         control.conf.accept_content = ["json"]
@@ -373,7 +431,7 @@ def test_procfile_worker_and_flower_lines_run(
                 replies |= set(reply)
             if expected <= replies:
                 break
-    assert expected <= replies, (replies, (stack.workdir / "worker.5000.log").read_text()[-2000:])
+    assert expected <= replies, (replies, (stack.workdir / f"worker.{ports[0]}.log").read_text())
     url = f"http://127.0.0.1:{flower_port}"
     wait_until_answering(flower, f"{url}/api/workers", timeout_s=30)
     assert http_status(f"{url}/api/workers") == 401

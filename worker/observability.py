@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from celery import Celery
+from celery.apps import worker as celery_worker_app
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
@@ -26,7 +27,7 @@ from celery.signals import (
 )
 
 from worker import metrics
-from worker.logformat import json_root_logging, use_json
+from worker.logformat import json_root_logging, json_say, use_json
 from worker.nodeprobe import NodeProbe
 from worker.settings import Settings
 from worker.wiring import build_redlock
@@ -50,6 +51,8 @@ def install(app: Celery, settings: Settings) -> None:
 
     if json_logs:
         json_root_logging()
+        # Celery writes shutdown notices from signal handlers straight to stdout.
+        celery_worker_app.safe_say = json_say
     after_setup_logger.connect(json_formatter, weak=False, dispatch_uid="flashsale-json-log")
     after_setup_task_logger.connect(
         json_formatter, weak=False, dispatch_uid="flashsale-json-task-log"

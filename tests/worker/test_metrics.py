@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -302,3 +303,35 @@ def test_counters_equal_the_database(stack: LocalStack, engine: Engine) -> None:
     assert sum(counted.values()) == len(orders)
     for _worker, port in workers:
         assert value(scrape(port), "flashsale_lock_acquire_seconds_count", outcome="granted")
+
+
+def test_a_worker_whose_metrics_port_is_taken_refuses_to_start(stack: LocalStack) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = stack.start_worker(extra_env={"WORKER_METRICS_PORT": str(port)}, wait=False)
+        assert worker.process.wait(timeout=60) == 2
+    assert f"cannot serve metrics on WORKER_METRICS_PORT={port}" in worker.log()
+
+
+def test_the_probe_logs_once_per_state_change(caplog: pytest.LogCaptureFixture) -> None:
+    from worker.nodeprobe import NodeProbe
+
+    replies: list[dict[str, object | None]] = [
+        {"a": None, "b": None},
+        {"a": "refused", "b": None},
+        {"a": "refused", "b": None},
+        {"a": None, "b": None},
+        {"a": None, "b": None},
+    ]
+    states: list[tuple[str, bool]] = []
+    probe = NodeProbe(lambda: replies.pop(0), lambda node, up: states.append((node, up)))
+    with caplog.at_level("INFO", logger="worker.nodeprobe"):
+        for _ in range(5):
+            probe.probe_once()
+    assert [r.getMessage() for r in caplog.records] == [
+        "Lock node a is down: refused",
+        "Lock node a is up again",
+    ]
+    assert [up for node, up in states if node == "a"] == [True, False, False, True, True]

@@ -1,9 +1,10 @@
 """``LOG_FORMAT=json``: one JSON object per log line, for the worker, beat and the CLI.
 
-Each object has ``timestamp`` (UTC, ISO 8601), ``level``, ``logger`` and
-``message``, plus ``order_id``, ``task_id`` and ``node`` when known: from the
-record's ``extra`` first, else (order and task) from the Celery task running in
-this process. A traceback goes in ``exception``. The default, ``text``, leaves
+Each object has ``timestamp`` (UTC, ISO 8601), ``level``, ``logger``,
+``message`` and ``process`` (Celery's ``MainProcess`` or ``ForkPoolWorker-N``),
+plus ``order_id``, ``task_id`` and ``node`` when known: from the record's
+``extra`` first, else (order and task) from the Celery task running in this
+process. A traceback goes in ``exception``. The default, ``text``, leaves
 Celery's own format untouched.
 """
 
@@ -30,6 +31,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            "process": record.processName,
         }
         entry.update(_task_context())
         for name in CONTEXT_FIELDS:

@@ -536,3 +536,20 @@ def test_dashboard_is_grafana_json_with_every_panel_queried() -> None:
         "flashsale_open_orders",
     ):
         assert name in text, name
+
+
+@pytest.mark.slow
+def test_the_worker_health_check_command_pings_its_own_node(
+    compose: dict[str, Any], procfile_stack: LocalStack
+) -> None:
+    # Run the compose health check as the container's shell would: $$ is Compose's
+    # escape for $, and a container's HOSTNAME is what %h names its node after.
+    command = _service(compose, "worker")["healthcheck"]["test"][1].replace("$$", "$")
+    stack = procfile_stack
+    stack.start_worker(name="worker", concurrency=1)
+    env = stack.worker_env({"HOSTNAME": socket.gethostname()})
+    healthy = subprocess.run(["sh", "-c", command], env=env, capture_output=True, timeout=60)
+    assert healthy.returncode == 0, healthy.stderr
+    env["HOSTNAME"] = "no-such-container"
+    unhealthy = subprocess.run(["sh", "-c", command], env=env, capture_output=True, timeout=60)
+    assert unhealthy.returncode != 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import socket
 import subprocess
@@ -335,3 +336,18 @@ def test_the_probe_logs_once_per_state_change(caplog: pytest.LogCaptureFixture) 
         "Lock node a is up again",
     ]
     assert [up for node, up in states if node == "a"] == [True, False, False, True, True]
+
+
+def test_the_exporter_says_when_the_database_is_down(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/none"}
+    command = [FLASHSALE, "exporter", "--port", str(port), "--host", "127.0.0.1"]
+    with (tmp_path / "exporter.log").open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        samples = wait_for("exporter answering", lambda: _answers(port) and scrape(port), 30)
+        assert value(samples, "flashsale_exporter_database_up") == 0
+        assert not [name for name, _ in samples if name.startswith("flashsale_open_orders")]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -1,8 +1,9 @@
 """The worker main process's lock node probe: PING every node every few seconds.
 
-It keeps ``flashsale_lock_node_up`` right when no order flows, and logs one line
-per state change of a node (WARNING when it goes down, with its error; INFO when
-it is back), never one per probe. Its Redlock is its own (own connections, own
+It keeps ``flashsale_lock_node_up`` right when no order flows. It logs nothing
+itself: its pings go through the lock library, which logs each node's state
+change once (``locking.node``: WARNING down with the error, INFO up again), so a
+second line here would double it. Its Redlock is its own (own connections, own
 thread), so a probe never waits behind an order's lock round.
 """
 
@@ -42,23 +43,15 @@ class NodeProbe:
         self._thread: threading.Thread | None = None
 
     def probe_once(self) -> dict[str, bool]:
-        """Probe every node once; log state changes; return node -> up."""
+        """Probe every node once; return node -> up."""
         try:
             replies = self._ping()
         except Exception:  # a probe must never kill the worker's main process
             logger.exception("Lock node probe failed")
             return dict(self._up)
         for node, error in replies.items():
-            up = error is None
-            previous = self._up.get(node)
-            if up != previous:
-                if not up:
-                    reason = getattr(error, "reason", error)
-                    logger.warning("Lock node %s is down: %s", node, reason, extra={"node": node})
-                elif previous is not None:
-                    logger.info("Lock node %s is up again", node, extra={"node": node})
-            self._up[node] = up
-            self._on_state(node, up)
+            self._up[node] = error is None
+            self._on_state(node, error is None)
         return dict(self._up)
 
     def start(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -26,6 +27,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from locking import NodeError
 from worker import metrics
 from worker.logformat import json_root_logging, json_say, use_json
 from worker.nodeprobe import NodeProbe
@@ -69,6 +71,12 @@ def order_events(app: Celery) -> metrics.WorkerMetrics | None:
     """Return the worker's metrics (the order events sink), None when metrics are off."""
     found: metrics.WorkerMetrics | None = getattr(app, "flashsale_metrics", None)
     return found
+
+
+def node_error_callback(app: Celery) -> Callable[[NodeError], None] | None:
+    """Return the ``Redlock(on_node_error=...)`` counter, None when metrics are off."""
+    found = order_events(app)
+    return found.node_error if found is not None else None
 
 
 _running: dict[str, Any] = {}

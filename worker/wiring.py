@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from locking import Redlock, RetryPolicy
+from collections.abc import Callable
+
+from locking import NodeError, Redlock, RetryPolicy
 from tasks.db import create_db_engine, session_factory
 from tasks.placement import LockPolicy, OrderPlacer
 from tasks.runtime import RetryBudget, Runtime
@@ -10,21 +12,34 @@ from tasks.store import OrderStore
 from worker.settings import Settings
 
 
-def build_redlock(settings: Settings) -> Redlock:
-    """Return the Redlock over ``REDLOCK_NODES``; it connects lazily."""
+def build_redlock(
+    settings: Settings, *, on_node_error: Callable[[NodeError], None] | None = None
+) -> Redlock:
+    """Return the Redlock over ``REDLOCK_NODES``; it connects lazily.
+
+    :param on_node_error: called with every node error a lock round meets (metrics).
+    """
     return Redlock(
         list(settings.redlock_nodes),
         connect_timeout_ms=settings.redlock_connect_timeout_ms,
         read_timeout_ms=settings.redlock_read_timeout_ms,
         allow_fewer_than_three=settings.redlock_allow_fewer_nodes,
+        on_node_error=on_node_error,
     )
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    """Return a fresh runtime for the calling process."""
+def build_runtime(
+    settings: Settings, *, on_node_error: Callable[[NodeError], None] | None = None
+) -> Runtime:
+    """Return a fresh runtime for the calling process.
+
+    :param on_node_error: passed to the order path's Redlock (`build_redlock`).
+    """
     engine = create_db_engine(settings.database_url, pool_size=settings.db_pool_size)
     sessions = session_factory(engine)
-    redlock = build_redlock(settings) if settings.lock_enabled else None
+    redlock = (
+        build_redlock(settings, on_node_error=on_node_error) if settings.lock_enabled else None
+    )
     store = OrderStore(
         engine=engine,
         max_deliveries=settings.order_max_deliveries,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -99,6 +100,7 @@ def _start_metrics(sender: Any = None, **_: Any) -> None:
         print(f"flashsale worker refused to start: {message}: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     metrics.enable_multiprocess(directory)
+    _running["directory"] = directory
     redlock = build_redlock(settings) if settings.lock_enabled else None
     worker_metrics = metrics.WorkerMetrics(redlock.node_names if redlock else ())
     app.flashsale_metrics = worker_metrics
@@ -118,6 +120,11 @@ def _stop_metrics(**_: Any) -> None:
     server = _running.pop("server", None)
     if server is not None:
         server.shutdown()
+    # A stopped worker's figures end with it; a killed one's directory is emptied
+    # by the next worker on its port, so at most one directory per port remains.
+    directory = _running.pop("directory", None)
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _pool_process_exit(pid: int | None = None, **_: Any) -> None:

@@ -30,6 +30,7 @@ from sqlalchemy import Engine, func, select
 from tasks.models import Order
 from tests.domain import payload
 from tests.sale import enqueue, producer, seed_products, wait_until_decided
+from worker.metrics import multiprocess_dir as metrics_dir
 from worker.redis_server import free_port
 from worker.stack import LocalStack, WorkerProcess
 
@@ -277,6 +278,7 @@ def test_json_logs_every_line_of_a_worker_during_a_sale(stack: LocalStack, engin
     app.send_task("tasks.place_order", kwargs=bad)
     wait_until_decided(engine, ids, timeout_s=60)
     stack.stop_worker(worker)
+    assert not metrics_dir(_port).exists(), "a stopped worker removes its metrics directory"
     entries = json_lines(worker)
     assert len(entries) >= len(orders)
     for entry in entries:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from celery import Celery
 
 from tasks import runtime
-from worker import signals
+from tasks.events import NULL_EVENTS
+from worker import observability, signals
 from worker.settings import Settings
 from worker.wiring import build_runtime
 
@@ -53,5 +54,14 @@ def create_app(settings: Settings, *, include: tuple[str, ...] = ("tasks.celery_
     )
     app.flashsale_settings = settings
     signals.connect()
-    runtime.install(lambda: build_runtime(settings))
+    observability.install(app, settings)
+    # The metrics exist once the worker's main process started them (before the
+    # fork); each process builds its runtime later, on first use.
+    runtime.install(
+        lambda: build_runtime(
+            settings,
+            events=observability.order_events(app) or NULL_EVENTS,
+            on_node_error=observability.node_error_callback(app),
+        )
+    )
     return app

@@ -25,6 +25,9 @@ _LOCK = LockPolicy()
 _RETRIES = TaskRetrySchedule()
 _STORE = StoreOptions()
 
+#: ``text`` is Celery's own format; ``json`` is one JSON object per line (worker.logformat).
+LOG_FORMATS = ("text", "json")
+
 
 class SettingsError(ValueError):
     """The environment holds a value that cannot be used; the message names the variable."""
@@ -82,6 +85,8 @@ class Settings:
         default=120.0, metadata={"env": "BROKER_VISIBILITY_TIMEOUT_S"}
     )
     db_pool_size: int = field(default=_STORE.pool_size, metadata={"env": "DB_POOL_SIZE"})
+    worker_metrics_port: int = field(default=0, metadata={"env": "WORKER_METRICS_PORT"})
+    log_format: str = field(default="text", metadata={"env": "LOG_FORMAT"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -93,6 +98,11 @@ class Settings:
             if raw is not None and raw.strip() != "":
                 values[spec.name] = _convert(spec.metadata["env"], raw.strip(), spec.default)
         return cls(**values)
+
+    @property
+    def metrics_enabled(self) -> bool:
+        """True when WORKER_METRICS_PORT is set: the worker serves /metrics on it."""
+        return self.worker_metrics_port > 0
 
     @property
     def lock_enabled(self) -> bool:
@@ -113,6 +123,10 @@ class Settings:
                 "BROKER_VISIBILITY_TIMEOUT_S must exceed TASK_TIME_LIMIT_S + ORDER_RETRY_MAX_S, "
                 "or a slow task would be delivered twice"
             )
+        if not 0 <= self.worker_metrics_port <= 65535:
+            problems.append("WORKER_METRICS_PORT must be a TCP port (0 or unset: no metrics)")
+        if self.log_format not in LOG_FORMATS:
+            problems.append(f"LOG_FORMAT must be one of {LOG_FORMATS}, got {self.log_format!r}")
         if self.redlock_ttl_ms <= 100:
             problems.append("REDLOCK_TTL_MS must be above 100 ms")
         if not 0 <= self.redlock_handoff_ms < self.task_soft_time_limit_s * 1000:

@@ -6,9 +6,11 @@ the events sink.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import Engine
 
-from locking import Redlock, RetryPolicy
+from locking import NodeError, Redlock, RetryPolicy
 from tasks.db import create_db_engine
 from tasks.events import NULL_EVENTS, OrderEvents
 from tasks.pg_store import PostgresOrderStore
@@ -19,13 +21,19 @@ from tasks.store import OrderStore, StoreOptions
 from worker.settings import Settings
 
 
-def build_redlock(settings: Settings) -> Redlock:
-    """Return the Redlock over ``REDLOCK_NODES``; it connects lazily."""
+def build_redlock(
+    settings: Settings, *, on_node_error: Callable[[NodeError], None] | None = None
+) -> Redlock:
+    """Return the Redlock over ``REDLOCK_NODES``; it connects lazily.
+
+    :param on_node_error: called with every node error a lock round meets (metrics).
+    """
     return Redlock(
         list(settings.redlock_nodes),
         connect_timeout_ms=settings.redlock_connect_timeout_ms,
         read_timeout_ms=settings.redlock_read_timeout_ms,
         allow_fewer_than_three=settings.redlock_allow_fewer_nodes,
+        on_node_error=on_node_error,
     )
 
 
@@ -38,13 +46,21 @@ def build_store(engine: Engine, options: StoreOptions) -> OrderStore:
     raise ValueError(f"no order store for the {engine.dialect.name!r} database")
 
 
-def build_runtime(settings: Settings, *, events: OrderEvents = NULL_EVENTS) -> Runtime:
+def build_runtime(
+    settings: Settings,
+    *,
+    events: OrderEvents = NULL_EVENTS,
+    on_node_error: Callable[[NodeError], None] | None = None,
+) -> Runtime:
     """Return a fresh runtime for the calling process.
 
     :param events: where the order path reports decisions, retries and lock waits.
+    :param on_node_error: passed to the order path's Redlock (`build_redlock`).
     """
     engine = create_db_engine(settings.database_url, pool_size=settings.db_pool_size)
-    redlock = build_redlock(settings) if settings.lock_enabled else None
+    redlock = (
+        build_redlock(settings, on_node_error=on_node_error) if settings.lock_enabled else None
+    )
     store = build_store(
         engine,
         StoreOptions(max_deliveries=settings.order_max_deliveries, pool_size=settings.db_pool_size),

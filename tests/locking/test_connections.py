@@ -17,7 +17,7 @@ from locking import NO_RETRY, NODE_ERROR_KINDS, NodeAddress, NodeError, Redlock,
 from locking.node import Node
 from locking.protocol import encode_command
 from tests.locking._support import MakeRedlock
-from worker.redis_server import RedisServer, free_port, redis_servers
+from worker.demo.redis_server import RedisServer, free_port, redis_servers
 
 UNRESOLVABLE = "redis://lock-node.invalid:6379"
 #: Generous: one per-node timeout (200 ms) plus scheduling noise on a loaded host.

@@ -17,7 +17,7 @@ import redis
 
 from locking import NO_RETRY, LockContended, Redlock, ReleaseOutcome
 from tests.locking._support import MakeRedlock
-from worker.redis_server import RedisServer
+from worker.demo.redis_server import RedisServer
 
 
 class Interrupted(Exception):

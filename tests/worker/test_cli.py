@@ -138,9 +138,13 @@ def test_submit_to_an_unreachable_broker_exits_2() -> None:
 
 
 def test_check_accepts_three_lock_nodes_and_refuses_two(
-    broker: RedisServer, node_urls: list[str]
+    broker: RedisServer, node_urls: list[str], database_url: str
 ) -> None:
-    env = {"CELERY_BROKER_URL": broker.url, "REDLOCK_NODES": ",".join(node_urls)}
+    env = {
+        "CELERY_BROKER_URL": broker.url,
+        "REDLOCK_NODES": ",".join(node_urls),
+        "DATABASE_URL": database_url,
+    }
     ok = flashsale("check", env=env)
     assert (ok.returncode, ok.stdout.strip()) == (0, "configuration OK")
     two = flashsale("check", env={**env, "REDLOCK_NODES": ",".join(node_urls[:2])})

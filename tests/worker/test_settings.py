@@ -143,7 +143,16 @@ def test_a_visibility_timeout_not_above_a_task_and_its_backoff_is_a_problem(
         ({"redlock_ttl_ms": 100}, "REDLOCK_TTL_MS must be above 100 ms"),
         ({"redlock_handoff_ms": -1.0}, "REDLOCK_HANDOFF_MS must be >= 0"),
         ({"redlock_handoff_ms": 60_000.0}, "REDLOCK_HANDOFF_MS must be >= 0"),
+        ({"worker_metrics_port": 70_000}, "WORKER_METRICS_PORT must be a TCP port"),
+        ({"log_format": "xml"}, "LOG_FORMAT must be one of"),
     ],
 )
 def test_other_unsafe_values_are_problems(changes: dict[str, object], message: str) -> None:
     assert message in problem_text(safe(**changes))
+
+
+def test_metrics_are_off_unless_a_port_is_set() -> None:
+    assert not Settings.from_env({}).metrics_enabled
+    assert not Settings.from_env({"WORKER_METRICS_PORT": "0"}).metrics_enabled
+    settings = Settings.from_env({"WORKER_METRICS_PORT": "9808", "LOG_FORMAT": "json"})
+    assert (settings.metrics_enabled, settings.log_format) == (True, "json")

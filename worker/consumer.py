@@ -16,14 +16,24 @@ Celery's consumer, with two changes:
   consumer per worker for the same cluster bookkeeping. This app revokes nothing
   and elects nothing, so neither has anything to do here (Flower needs the task
   events and heartbeats, which stay on).
+- **A broken connection that fails to close is dropped anyway.** Closing a Redis
+  channel gives its unacked messages back, through a new connection; when the
+  broker is down, kombu raised ``AttributeError`` from there (its transport was
+  already collected), which the consumer does not expect: the worker exited
+  (``Unrecoverable error``; seen when the broker was SIGKILLed mid-sale). The
+  messages stay in the broker's ``unacked`` hash and come back after the
+  visibility timeout.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
+
+logger = logging.getLogger(__name__)
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
@@ -43,3 +53,18 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             interval_max=interval_s,
         )
         return super().ensure_connected(conn)
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        """Clean up after a lost connection as Celery does; a failing close is logged, not fatal."""
+        connection = self.connection
+        if connection is not None:
+            close = connection.close
+
+            def close_quietly() -> None:
+                try:
+                    close()
+                except Exception as error:  # the connection is being thrown away
+                    logger.warning("Broker connection dropped without a clean close: %r", error)
+
+            connection.close = close_quietly
+        super().on_connection_error_after_connected(exc)

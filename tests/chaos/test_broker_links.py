@@ -28,7 +28,14 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.chaos.figures import ANY_ID_SQL, assert_sound, scalar_rows
-from tests.chaos.harness import SHORT_LIMITS, FlashSale, broker_backlog, log_lines, wait_until
+from tests.chaos.harness import (
+    SHORT_LIMITS,
+    FlashSale,
+    broker_backlog,
+    log_lines,
+    stock_for,
+    wait_until,
+)
 from tests.chaos.report import Recorder
 from tests.rabbitmq import amqp_url, queue_backlog
 from tests.sale import check_invariants
@@ -114,7 +121,7 @@ def test_worker_broker_connections_cut_repeatedly_mid_sale(
         target = (host, int(port))
     with TcpProxy(*target) as proxy:
         env = {**SHORT_LIMITS, "CELERY_BROKER_URL": worker_url(stack, proxy)}
-        sale = FlashSale(stack, observer, orders=ORDERS)
+        sale = FlashSale(stack, observer, orders=ORDERS, stock=stock_for(ORDERS))
         sale.start_workers(WORKERS, env=env)
         sale.open(rate_per_s=RATE_PER_S)
         sale.wait_decided(0.25)

@@ -3,7 +3,7 @@
 The workers reach the broker through a `TcpProxy`; the producer connects
 directly. While orders arrive (paced), the proxy drops every worker connection
 several times: instant cuts (the broker is reachable again at once), and 1 s
-blips (connections reset and new ones refused, then healed). Nothing restarts.
+and 3 s blips (connections reset and new ones refused, then healed). Nothing restarts.
 On Redis and on RabbitMQ: no worker process may end, every order is decided,
 nothing is oversold or moved twice. Measured: the time from each heal to the
 next decided order (the consumer's reconnect), and until every order was
@@ -44,12 +44,15 @@ from worker.stack import LocalStack
 
 ORDERS = 400
 RATE_PER_S = 40.0
-#: Rounds of (instant cut, pause, 1 s blip) once a quarter of the orders is decided.
-ROUNDS = 4
-BLIP_S = 1.0
+#: Rounds of (instant cut, pause, blip) once a quarter of the orders is decided. A 3 s
+#: blip makes several reconnect attempts fail in a row, where Celery's own backoff
+#: (2 s, then 4 s...) stalled consumption for seconds after the heal.
+BLIPS_S = (1.0, 3.0, 1.0, 3.0)
 PAUSE_S = 0.5
-#: The README's promise: consumption resumes within about 1 s of the broker being back.
-RECONNECT_BOUND_S = 2.5
+#: The README's promise: consumption resumes within about 1 s of the broker being back
+#: (the next reconnect attempt is at most 0.5 s away); the bound leaves room for a
+#: loaded machine (measured up to 2.3 s on a shared 2-core machine).
+RECONNECT_BOUND_S = 3.0
 #: Bound on the sale after the faults: a failed ack's message is back after the 10 s
 #: visibility timeout and kombu's restore sweep (2.5 s), so 40 s leaves a wide margin.
 FINISH_TIMEOUT_S = 40.0
@@ -66,15 +69,15 @@ class Cuts:
 
 
 def cut_repeatedly(proxy: TcpProxy, sale: FlashSale) -> Cuts:
-    """Drop every worker connection `ROUNDS` times two ways; time each recovery."""
+    """Drop every worker connection two ways per blip of `BLIPS_S`; time each recovery."""
     seen = Cuts()
-    for _ in range(ROUNDS):
+    for blip_s in BLIPS_S:
         seen.connections_dropped += proxy.cut()
         seen.cuts += 1
         time.sleep(PAUSE_S)
         proxy.partition(refuse=True)
         seen.cuts += 1
-        time.sleep(BLIP_S)
+        time.sleep(blip_s)
         before = sale.decided()
         proxy.heal()
         healed_s = time.monotonic()
@@ -108,6 +111,14 @@ def backlog(stack: LocalStack) -> tuple[int, int]:
     return queue_backlog(url.rsplit("/", 1)[1]) if url.startswith("amqp") else broker_backlog(stack)
 
 
+def wait_drained(stack: LocalStack, timeout_s: float = 30.0) -> tuple[int, int]:
+    """Wait (bounded) until the broker holds no message; return what it holds then."""
+    deadline = time.monotonic() + timeout_s
+    while (left := backlog(stack)) != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
 @pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
 def test_worker_broker_connections_cut_repeatedly_mid_sale(
     kind: str, request: pytest.FixtureRequest, observer: Engine, reliability: Recorder
@@ -127,17 +138,18 @@ def test_worker_broker_connections_cut_repeatedly_mid_sale(
         sale.wait_decided(0.25)
         seen = cut_repeatedly(proxy, sale)
         result = sale.finish(timeout_s=FINISH_TIMEOUT_S)
-    alive = [worker.process.poll() is None for worker in stack.workers]
+        # Redeliveries of decided orders (failed acks) drain through the proxy too.
+        drained = wait_drained(stack)
+        alive = [worker.process.poll() is None for worker in stack.workers]
     unacked = log_lines(stack.workers, "Couldn't ack")
     died = log_lines(stack.workers, "Unrecoverable error")
-    wait_until(lambda: backlog(stack) == (0, 0), timeout_s=30, what="an empty broker", poll_s=0.5)
     reliability.record(
         f"10-broker-links-cut-{kind}",
         f"Worker-side broker connections dropped {seen.cuts} times mid-sale ({kind})",
         result,
         notes=(
-            f"{seen.connections_dropped} connections cut at once x {ROUNDS}, "
-            f"{ROUNDS} blips of {BLIP_S:.0f} s; consumption resumed "
+            f"{seen.connections_dropped} connections cut at once x {len(BLIPS_S)}, "
+            f"blips of {'/'.join(f'{b:.0f}' for b in BLIPS_S)} s; consumption resumed "
             f"{min(seen.resumed_s)}-{max(seen.resumed_s)} s after each heal; "
             f"every order decided {sale.elapsed_s:.1f} s after the sale opened; "
             f"{unacked} acks failed"
@@ -145,9 +157,11 @@ def test_worker_broker_connections_cut_repeatedly_mid_sale(
         resumed_s_after_heal=seen.resumed_s,
         sale_s=round(sale.elapsed_s, 1),
         failed_acks=unacked,
+        broker_backlog_after=drained,
         reasons=sale.reasons(),
     )
     assert all(alive) and not died, "a worker process ended with the broker connection"
+    assert drained == (0, 0), f"messages left on the broker: {drained}"
     assert max(seen.resumed_s) < RECONNECT_BOUND_S, seen.resumed_s
     if kind == "rabbitmq":
         assert_sound(observer, sale.ids, result)

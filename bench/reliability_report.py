@@ -115,7 +115,7 @@ DECISIONS = """\
 
 - **Redis: a message on the wire when a worker's broker connection drops is lost.**
   kombu's Redis transport pops a message (BRPOP) before it records it as
-  unacknowledged. Measured: 0-2 of 400 orders per run in scenarios 10 and 11 (the
+  unacknowledged. Measured: 0-3 of 400 orders per run in scenarios 10 and 11 (the
   orders have no row; nothing is left on the broker). RabbitMQ does not lose them
   (scenario 10). Closed by the intake record (the order stored in the web app's
   transaction and republished by a relay), not by configuration.

@@ -42,8 +42,10 @@ from tests.sale import check_invariants
 from tests.tcp_proxy import TcpProxy
 from worker.stack import LocalStack
 
-ORDERS = 400
-RATE_PER_S = 40.0
+ORDERS = 500
+#: Orders keep arriving for 25 s, past the last heal (~20 s in), so that the time to
+#: the next decided order measures the reconnect, not the end of the sale.
+RATE_PER_S = 20.0
 #: Rounds of (instant cut, pause, blip) once a quarter of the orders is decided. A 3 s
 #: blip makes several reconnect attempts fail in a row, where Celery's own backoff
 #: (2 s, then 4 s...) stalled consumption for seconds after the heal.
@@ -79,6 +81,7 @@ def cut_repeatedly(proxy: TcpProxy, sale: FlashSale) -> Cuts:
         seen.cuts += 1
         time.sleep(blip_s)
         before = sale.decided()
+        assert before < len(sale.ids), "the sale ended before the faults: nothing to measure"
         proxy.heal()
         healed_s = time.monotonic()
         wait_until(

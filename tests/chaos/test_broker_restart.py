@@ -41,8 +41,9 @@ from tests.chaos.test_broker_links import decision_span_s
 from tests.sale import check_invariants, producer
 from worker.stack import LocalStack
 
-ORDERS = 400
-RATE_PER_S = 40.0
+ORDERS = 500
+#: Orders keep arriving for 20 s, past the last restart (~12 s in).
+RATE_PER_S = 25.0
 RESTARTS = 3
 DOWN_S = 1.0
 GAP_S = 1.5
@@ -98,6 +99,7 @@ def restart_repeatedly(stack: LocalStack, sale: FlashSale) -> list[float]:
         stack.broker.start()
         back_s = time.monotonic()
         before = sale.decided()
+        assert before < len(sale.ids), "the sale ended before the faults: nothing to measure"
         wait_until(
             lambda before=before: sale.decided() > before,
             timeout_s=60,

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from tasks.db import create_db_engine
 from tasks.migrate import upgrade
 from tests.pg import PostgreSQLUnavailable, create_database, drop_database
+from tests.rabbitmq import amqp_url, rabbitmq_vhost
 from worker.demo.redis_server import (
     RedisServer,
     RedisServerError,
@@ -100,4 +101,19 @@ def stack(database_url: str) -> Iterator[LocalStack]:
     with LocalStack(env={"DATABASE_URL": database_url}) as local:
         local.start_lock_nodes(3)
         local.start_broker()
+        yield local
+
+
+@pytest.fixture
+def rabbitmq_url() -> Iterator[str]:
+    """The amqp:// URL of a fresh RabbitMQ vhost of this test, deleted afterwards."""
+    with rabbitmq_vhost() as vhost:
+        yield amqp_url(vhost)
+
+
+@pytest.fixture
+def amqp_stack(database_url: str, rabbitmq_url: str) -> Iterator[LocalStack]:
+    """Three lock nodes around the test's database, with RabbitMQ (own vhost) as broker."""
+    with LocalStack(env={"DATABASE_URL": database_url, "CELERY_BROKER_URL": rabbitmq_url}) as local:
+        local.start_lock_nodes(3)
         yield local

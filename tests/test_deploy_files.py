@@ -590,3 +590,27 @@ def test_the_worker_health_check_command_pings_its_own_node(
     env["HOSTNAME"] = "no-such-container"
     unhealthy = subprocess.run(["sh", "-c", command], env=env, capture_output=True, timeout=60)
     assert unhealthy.returncode != 0
+
+
+# --- docker-compose.rabbitmq.yml (RabbitMQ instead of the Redis broker) -------------
+
+RABBITMQ_OVERRIDE = ROOT / "docker-compose.rabbitmq.yml"
+
+
+def test_the_rabbitmq_override_points_every_broker_user_at_rabbitmq(
+    env_example: dict[str, str],
+) -> None:
+    override = yaml.safe_load(RABBITMQ_OVERRIDE.read_text())
+    rabbitmq = _service(override, "rabbitmq")
+    assert "rabbitmq-diagnostics" in rabbitmq["healthcheck"]["test"]
+    assert any(str(volume).endswith(":/var/lib/rabbitmq") for volume in rabbitmq["volumes"])
+    assert "ports" not in rabbitmq, "the broker must not be published outside Compose"
+    for name in ("migrate", "worker", "flower"):
+        url = _default(_service(override, name)["environment"]["CELERY_BROKER_URL"], env_example)
+        assert Settings(broker_url=url).broker_kind == "amqp", (name, url)
+        assert urlsplit(url).hostname == "rabbitmq"
+    for name in ("worker", "flower"):
+        condition = _service(override, name)["depends_on"]["rabbitmq"]["condition"]
+        assert condition == "service_healthy"
+    used = {name for name, _, _ in COMPOSE_VARIABLE.findall(RABBITMQ_OVERRIDE.read_text())}
+    assert used <= env_example.keys(), used - env_example.keys()

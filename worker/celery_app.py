@@ -7,6 +7,7 @@ from celery import Celery
 from tasks import runtime
 from tasks.events import NULL_EVENTS
 from worker import observability, signals
+from worker.broker import broker_conf
 from worker.settings import Settings
 from worker.wiring import build_runtime
 
@@ -35,22 +36,20 @@ def create_app(settings: Settings, *, include: tuple[str, ...] = ("tasks.celery_
         task_acks_on_failure_or_timeout=True,
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_time_limit_s,
-        # Unacked messages return after this long; it must exceed any task run. kombu
-        # sweeps for them every 10 s x 10 by default, whatever the timeout: sweep at a
-        # quarter of it, so a crashed worker's message is back in ~1.25x the timeout.
-        broker_transport_options={
-            "visibility_timeout": settings.broker_visibility_timeout_s,
-            "unacked_restore_interval": max(1, int(settings.broker_visibility_timeout_s // 4)),
-            "unacked_restore_throttle": 1,
-        },
+        # Never give up on the broker, at start-up or later; worker.consumer sets the
+        # reconnect interval and leaves out mingle and gossip (see there why).
         broker_connection_retry_on_startup=True,
+        broker_connection_retry=True,
         broker_connection_max_retries=None,
+        worker_consumer="worker.consumer:Consumer",
         worker_cancel_long_running_tasks_on_connection_loss=True,
         # Events on, so Flower sees every task, its arguments and its outcome.
         worker_send_task_events=True,
         task_send_sent_event=True,
         task_track_started=True,
         worker_hijack_root_logger=False,
+        # Redis: visibility timeout; RabbitMQ: publisher confirms, quorum queues.
+        **broker_conf(settings),
     )
     app.flashsale_settings = settings
     signals.connect()

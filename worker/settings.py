@@ -84,6 +84,10 @@ class Settings:
     broker_visibility_timeout_s: float = field(
         default=120.0, metadata={"env": "BROKER_VISIBILITY_TIMEOUT_S"}
     )
+    broker_quorum_queues: bool = field(default=False, metadata={"env": "BROKER_QUORUM_QUEUES"})
+    broker_reconnect_interval_s: float = field(
+        default=0.5, metadata={"env": "BROKER_RECONNECT_INTERVAL_S"}
+    )
     db_pool_size: int = field(default=_STORE.pool_size, metadata={"env": "DB_POOL_SIZE"})
     worker_metrics_port: int = field(default=0, metadata={"env": "WORKER_METRICS_PORT"})
     log_format: str = field(default="text", metadata={"env": "LOG_FORMAT"})
@@ -105,6 +109,11 @@ class Settings:
         return self.worker_metrics_port > 0
 
     @property
+    def broker_kind(self) -> str:
+        """``redis`` or ``amqp`` (RabbitMQ) from the broker URL's scheme; else the scheme."""
+        return broker_kind(self.broker_url)
+
+    @property
     def lock_enabled(self) -> bool:
         """False only when ORDER_LOCK=off (the database guard alone; for benchmarks)."""
         return self.order_lock != "off"
@@ -118,11 +127,7 @@ class Settings:
             problems += self._lock_node_problems()
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
             problems.append("TASK_SOFT_TIME_LIMIT_S must be below TASK_TIME_LIMIT_S")
-        if self.broker_visibility_timeout_s <= self.task_time_limit_s + self.order_retry_max_s:
-            problems.append(
-                "BROKER_VISIBILITY_TIMEOUT_S must exceed TASK_TIME_LIMIT_S + ORDER_RETRY_MAX_S, "
-                "or a slow task would be delivered twice"
-            )
+        problems += self._broker_problems()
         if not 0 <= self.worker_metrics_port <= 65535:
             problems.append("WORKER_METRICS_PORT must be a TCP port (0 or unset: no metrics)")
         if self.log_format not in LOG_FORMATS:
@@ -131,6 +136,29 @@ class Settings:
             problems.append("REDLOCK_TTL_MS must be above 100 ms")
         if not 0 <= self.redlock_handoff_ms < self.task_soft_time_limit_s * 1000:
             problems.append("REDLOCK_HANDOFF_MS must be >= 0 and below the soft time limit")
+        return problems
+
+    def _broker_problems(self) -> list[str]:
+        problems: list[str] = []
+        if self.broker_kind not in ("redis", "amqp"):
+            problems.append(
+                f"CELERY_BROKER_URL must be a redis:// or amqp:// URL, got scheme "
+                f"{self.broker_kind!r}"
+            )
+        # Only the Redis transport hides unacked messages for a timeout; RabbitMQ gives
+        # them back the moment the consumer's connection closes.
+        if (
+            self.broker_kind == "redis"
+            and self.broker_visibility_timeout_s <= self.task_time_limit_s + self.order_retry_max_s
+        ):
+            problems.append(
+                "BROKER_VISIBILITY_TIMEOUT_S must exceed TASK_TIME_LIMIT_S + ORDER_RETRY_MAX_S, "
+                "or a slow task would be delivered twice"
+            )
+        if self.broker_quorum_queues and self.broker_kind != "amqp":
+            problems.append("BROKER_QUORUM_QUEUES=true needs a RabbitMQ (amqp://) broker")
+        if not 0 < self.broker_reconnect_interval_s <= 60:
+            problems.append("BROKER_RECONNECT_INTERVAL_S must be above 0 and at most 60")
         return problems
 
     def _lock_node_problems(self) -> list[str]:
@@ -150,8 +178,9 @@ class Settings:
                 problems.append(str(error))
                 continue
             if broker is not None and _same_endpoint(broker, (address.host, address.port)):
+                server = "Redis" if self.broker_kind == "redis" else "RabbitMQ"
                 problems.append(
-                    f"lock node {redact_url(url)} is the Celery broker's Redis server; lock "
+                    f"lock node {redact_url(url)} is the Celery broker's {server} server; lock "
                     "nodes must be separate servers (a broker restart would drop every lock)"
                 )
         return problems
@@ -183,11 +212,29 @@ def _to_bool(raw: str) -> bool:
     raise ValueError(raw)
 
 
+#: Broker URL schemes by kind, with the default port of each scheme.
+_BROKER_SCHEMES = {
+    "redis": {"redis": 6379, "rediss": 6379},
+    "amqp": {"amqp": 5672, "pyamqp": 5672, "amqps": 5671},
+}
+
+
+def broker_kind(url: str) -> str:
+    """``redis`` or ``amqp`` for the schemes of those brokers; otherwise the URL's scheme."""
+    scheme = urlsplit(url).scheme
+    for kind, schemes in _BROKER_SCHEMES.items():
+        if scheme in schemes:
+            return kind
+    return scheme
+
+
 def _endpoint(url: str) -> tuple[str, int] | None:
+    """(host, port) of a Redis or RabbitMQ broker URL, default ports filled in."""
     parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+    default_port = _BROKER_SCHEMES.get(broker_kind(url), {}).get(parts.scheme)
+    if default_port is None or not parts.hostname:
         return None
-    return parts.hostname, parts.port or 6379
+    return parts.hostname, parts.port or default_port
 
 
 def _same_endpoint(a: tuple[str, int], b: tuple[str, int]) -> bool:

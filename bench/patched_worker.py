@@ -7,8 +7,15 @@ an interleaved run shows what that mechanism costs per order.
 
 from __future__ import annotations
 
+import atexit
+import json
+import math
 import os
+import socket
+import ssl
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from celery import Celery
 
@@ -29,7 +36,63 @@ def _no_events(app: Celery) -> None:
     )
 
 
-PATCHES: dict[str, Callable[[Celery], None]] = {"nospin": _no_spin, "noevents": _no_events}
+#: Per process: reads, reads answered within the spin, reads that slept in poll(),
+#: seconds spent spinning (answered or not), seconds in poll().
+SPIN_STATS = {"reads": 0, "spin_hits": 0, "polled": 0, "spin_s": 0.0, "poll_s": 0.0}
+
+
+def _spin_stats(app: Celery) -> None:
+    """Count what the lock's read spin buys: `Node._receive` with counters.
+
+    The same logic as `locking.node.Node._receive` for plain sockets (a copy, so
+    that it stays a bench-only patch); the counters go to
+    ``$BENCH_STATS_DIR/spin-<pid>.json`` every 200 reads and at exit.
+    """
+    out_dir = Path(os.environ.get("BENCH_STATS_DIR", "."))
+
+    def dump() -> None:
+        (out_dir / f"spin-{os.getpid()}.json").write_text(json.dumps(SPIN_STATS))
+
+    def receive(self: locking.node.Node, sock: socket.socket, deadline: float) -> bytes:
+        assert not isinstance(sock, ssl.SSLSocket)
+        SPIN_STATS["reads"] += 1
+        if SPIN_STATS["reads"] % 200 == 0:
+            dump()
+        started = time.monotonic()
+        spin_until = started + locking.node.SPIN_S
+        polled_at: float | None = None
+        while True:
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                pass
+            else:
+                now = time.monotonic()
+                if polled_at is None:
+                    SPIN_STATS["spin_hits"] += 1
+                    SPIN_STATS["spin_s"] += now - started
+                else:
+                    SPIN_STATS["poll_s"] += now - polled_at
+                return data
+            now = time.monotonic()
+            if now >= deadline:
+                raise TimeoutError
+            if now >= spin_until:
+                if polled_at is None:
+                    polled_at = now
+                    SPIN_STATS["polled"] += 1
+                    SPIN_STATS["spin_s"] += now - started
+                self._poller.poll(max(1, math.ceil((deadline - now) * 1000)))
+
+    locking.node.Node._receive = receive  # type: ignore[method-assign]
+    atexit.register(dump)
+
+
+PATCHES: dict[str, Callable[[Celery], None]] = {
+    "nospin": _no_spin,
+    "noevents": _no_events,
+    "spinstats": _spin_stats,
+}
 
 app = create_app(Settings.from_env())
 for _name in filter(None, os.environ.get("BENCH_PATCH", "").split(",")):

@@ -75,7 +75,7 @@ def _process() -> _Process:
     return _state[pid]
 
 
-@worker_process_init.connect
+@worker_process_init.connect  # type: ignore[untyped-decorator]
 def _after_fork(**_: Any) -> None:
     _state.clear()
 
@@ -130,7 +130,7 @@ if MODE not in LOCKS:
     raise SystemExit(f"PEER_LOCK must be one of {sorted(LOCKS)}, got {MODE!r}")
 
 
-@app.task(name=TASK_NAME, bind=True, max_retries=None, ignore_result=True)
+@app.task(name=TASK_NAME, bind=True, max_retries=None, ignore_result=True)  # type: ignore[untyped-decorator]
 def place_order(self: Task, **kwargs: Any) -> str:
     """Take the peer's lock on every SKU of the order, then decide it in one transaction."""
     request = parse_order(kwargs)

@@ -7,8 +7,10 @@ Pre-fills the queue, starts the workers (ours unless ``--app``), and once
 consumption is under way records every pool process and every main process
 with ``py-spy record --format raw`` (``--native`` adds C frames) for ``--seconds``.
 Prints, per role, the functions with the most samples on the stack (inclusive)
-and at the top of the stack (self), and writes the collapsed stacks to
-``bench/results/profile-<role>-<pid>.txt`` for a flame graph tool.
+and at the top of the stack (self), and writes the collapsed stacks of each role
+to ``bench/results/profile-<role>.txt`` for a flame graph tool. py-spy counts a
+process that is runnable but waiting for a core like one that runs: on a
+saturated host the shares are of on-CPU plus run-queue time.
 """
 
 from __future__ import annotations

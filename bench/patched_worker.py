@@ -53,13 +53,15 @@ def _spin_stats(app: Celery) -> None:
     def dump() -> None:
         (out_dir / f"spin-{os.getpid()}.json").write_text(json.dumps(SPIN_STATS))
 
-    def receive(self: locking.node.Node, sock: socket.socket, deadline: float) -> bytes:
+    def receive(
+        self: locking.node.Node, sock: socket.socket, deadline: float, spin: bool = True
+    ) -> bytes:
         assert not isinstance(sock, ssl.SSLSocket)
         SPIN_STATS["reads"] += 1
         if SPIN_STATS["reads"] % 200 == 0:
             dump()
         started = time.monotonic()
-        spin_until = started + locking.node.SPIN_S
+        spin_until = started + (locking.node.SPIN_S if spin else 0.0)
         polled_at: float | None = None
         while True:
             try:
@@ -88,7 +90,18 @@ def _spin_stats(app: Celery) -> None:
     atexit.register(dump)
 
 
+def _wait_spin(app: Celery) -> None:
+    # Waits for a release spin before sleeping, as reads of replies do (the old way).
+    original = locking.node.Node.read
+
+    def read(self: locking.node.Node, deadline: float, *, spin: bool = True) -> object:
+        return original(self, deadline, spin=True)
+
+    locking.node.Node.read = read  # type: ignore[method-assign]
+
+
 PATCHES: dict[str, Callable[[Celery], None]] = {
+    "waitspin": _wait_spin,
     "nospin": _no_spin,
     "noevents": _no_events,
     "spinstats": _spin_stats,

@@ -80,10 +80,12 @@ class Node:
             return self._failed(f"send failed: {error.strerror or error}", error)
         return None
 
-    def read(self, deadline: float) -> object:
+    def read(self, deadline: float, *, spin: bool = True) -> object:
         """Return the next reply, or a `NodeError` if none comes before ``deadline``.
 
         :param deadline: ``time.monotonic()`` value after which the node is late.
+        :param spin: poll the socket for up to `SPIN_S` before sleeping; False for
+            replies that are expected to take long (a blocked wait for a release).
         """
         sock = self._sock
         if sock is None:
@@ -99,7 +101,7 @@ class Node:
                     if isinstance(reply, hiredis.ReplyError):
                         return NodeError(self.name, f"redis error: {reply}")
                     return reply
-                data = self._receive(sock, deadline)
+                data = self._receive(sock, deadline, spin)
                 if not data:
                     self.close()
                     return NodeError(self.name, "connection closed by the node")
@@ -113,7 +115,7 @@ class Node:
             self.close()
             return NodeError(self.name, "protocol error in the node's reply")
 
-    def _receive(self, sock: socket.socket, deadline: float) -> bytes:
+    def _receive(self, sock: socket.socket, deadline: float, spin: bool = True) -> bytes:
         """Return the next bytes from ``sock``; raise `TimeoutError` at ``deadline``."""
         if isinstance(sock, ssl.SSLSocket):
             remaining_s = deadline - time.monotonic()
@@ -124,7 +126,7 @@ class Node:
         # A reply on loopback or a LAN usually lands within tens of microseconds:
         # polling the non-blocking socket that long avoids a sleep and a wake-up,
         # which cost more than the round trip itself. Past SPIN_S, sleep in poll().
-        spin_until = time.monotonic() + SPIN_S
+        spin_until = time.monotonic() + (SPIN_S if spin else 0.0)
         while True:
             try:
                 return sock.recv(_RECV_BYTES)

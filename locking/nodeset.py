@@ -90,7 +90,9 @@ class NodeSet:
                 if skipped or node.is_suspect(now):
                     continue
                 if node.send(payload) is None:
-                    return node.read(deadline_s)
+                    # A blocked wait: spinning would only take the core from the
+                    # process whose release ends it.
+                    return node.read(deadline_s, spin=False)
         return None
 
     def close(self) -> None:

@@ -108,7 +108,9 @@ def grid_configs(
                 app, env = STACKS[stack]
                 rows = [(stack, env)]
                 if stack == "ours":
-                    rows += [(f"ours[{v}]", (*env, tuple(v.split("=", 1)))) for v in variants]
+                    for variant in variants:
+                        name, _, value = variant.partition("=")
+                        rows.append((f"ours[{variant}]", (*env, (name, value))))
                 for scenario in ["hot"] if stack == "floor" else scenarios:
                     for label, row_env in rows:
                         patched = any(key == "BENCH_PATCH" for key, _ in row_env)
@@ -119,7 +121,7 @@ def grid_configs(
                                 noop=stack == "floor",
                                 processes=processes,
                                 workers=workers,
-                                env=row_env,  # type: ignore[arg-type]
+                                env=row_env,
                                 app="bench.patched_worker" if patched else app,
                                 feed=feed,
                             )

@@ -119,10 +119,13 @@ SCENARIOS = {
 DECISIONS = """\
 ## Decisions
 
-- **The broker persists (AOF, `appendfsync always`).** Without persistence a broker
-  restart empties the queue: every order accepted but not yet consumed is lost. The
-  lock nodes are separate servers and should also run with AOF: the fence counters
-  must survive a crash (scenario 4).
+- **The broker persists (AOF).** Without persistence a broker restart empties the
+  queue: every order accepted but not yet consumed is lost. The chaos suite's broker
+  fsyncs every write (`appendfsync always`, scenarios 6 and 12); the `broker` of
+  `docker-compose.yml` uses `appendfsync everysec`, so a crash of its machine can
+  lose about the last second of queued orders. The lock nodes are separate servers
+  and also run with AOF (`appendfsync always` in `docker-compose.yml`): the fence
+  counters must survive a crash (scenario 4).
 - **The database is the correctness layer.** In every scenario the lock was degraded,
   frozen, restarted or outlived, and no scenario oversold or moved stock twice: the
   guarded `UPDATE ... WHERE stock >= total` with its fence guard (a lower fence, or
@@ -135,8 +138,10 @@ DECISIONS = """\
 - **Workers ride out broker blips.** A worker reconnects at once, then every
   `BROKER_RECONNECT_INTERVAL_S` (0.5 s), never backing off further; mingle and gossip
   are off (a cut during mingle ended the worker). RabbitMQ requeues a consumer's
-  unacknowledged messages when its connection closes; Redis keeps them in its
-  `unacked` hash until the visibility timeout (scenarios 11 and 12).
+  unacknowledged messages when its connection closes; with Redis, the worker gives
+  them back as it closes the broken channel when the broker is still reachable (a
+  cut link), and otherwise they stay in the `unacked` hash until the visibility
+  timeout (scenarios 11 and 12).
 
 ## Known gaps
 
@@ -152,11 +157,14 @@ DECISIONS = """\
   returns only after `BROKER_VISIBILITY_TIMEOUT_S` plus kombu's sweep (a quarter of
   it): up to ~150 s with the defaults. The task is idempotent, so the redelivery is
   safe; an order already decided is not decided again.
-- **Equal fences after two empty restarts.** With two of three nodes restarted
-  empty, a second lease can get the same fence as the first (5 then 5). Since
-  migration 0004 the guard compares the lease token when fences are equal, so the
-  second lease is refused as stale and its worker raises the counters and retries.
-  Run the lock nodes with AOF (scenario 4).
+- **No newer fence after two empty restarts.** With two of three nodes restarted
+  empty, a second lease can get a fence no higher than the first's (scenario 4
+  measured 5 then 1; an equal fence is possible too). Whichever of the two writes a
+  SKU's stock second is refused as stale when its fence is lower, or equal but from
+  the other lease (the guard compares the lease token since migration 0004), and
+  its worker raises the counters and retries. When the lease with the lower fence
+  writes first, both writes stand: only the stock guard is left, which still
+  refuses oversell. Run the lock nodes with AOF (scenario 4).
 """
 
 

@@ -17,7 +17,8 @@ from locking import NO_RETRY, NODE_ERROR_KINDS, NodeAddress, NodeError, Redlock,
 from locking.node import Node
 from locking.protocol import encode_command
 from tests.locking._support import MakeRedlock
-from worker.demo.redis_server import RedisServer, free_port, redis_servers
+from tests.spawners import freeze_server, redis_servers, thaw_server
+from worker.demo.redis_server import RedisServer, free_port
 
 UNRESOLVABLE = "redis://lock-node.invalid:6379"
 #: Generous: one per-node timeout (200 ms) plus scheduling noise on a loaded host.
@@ -169,11 +170,11 @@ def test_a_full_send_buffer_suspects_the_node(lock_nodes: list[RedisServer]) -> 
     try:
         assert node.send(encode_command(["PING"])) is None
         assert node.read(time.monotonic() + 1.0) == b"PONG"
-        lock_nodes[0].freeze()
+        freeze_server(lock_nodes[0])
         try:  # more than any socket buffer holds, to a node that reads nothing
             error = node.send(encode_command(["SET", "big", b"0" * 64_000_000]))
         finally:
-            lock_nodes[0].thaw()
+            thaw_server(lock_nodes[0])
         assert node.is_suspect(time.monotonic())
         assert not node.connected  # part of the command left: the connection cannot stay
         assert isinstance(error, NodeError) and error.kind == "timeout"
@@ -244,11 +245,11 @@ def test_node_error_kinds(
         )
         assert ping_error(wrong, f"127.0.0.1:{secured.port}").kind == "auth"
     frozen = make_redlock(connect_timeout_ms=100, read_timeout_ms=100)
-    lock_nodes[0].freeze()
+    freeze_server(lock_nodes[0])
     try:
         error = ping_error(frozen, f"127.0.0.1:{lock_nodes[0].port}")
     finally:
-        lock_nodes[0].thaw()
+        thaw_server(lock_nodes[0])
     assert error.kind == "timeout" and error.timed_out
     assert NodeError("n", "r", timed_out=True).kind == "timeout"
     with pytest.raises(ValueError):

@@ -30,6 +30,7 @@ from sqlalchemy import Engine, func, select
 from tasks.models import Order
 from tests.domain import payload
 from tests.sale import enqueue, producer, seed_products, wait_until_decided
+from tests.spawners import kill_server
 from worker.demo.redis_server import free_port
 from worker.demo.stack import LocalStack, WorkerProcess
 from worker.metrics import multiprocess_dir as metrics_dir
@@ -237,7 +238,7 @@ def test_a_killed_lock_node_is_seen_logged_once_and_sales_go_on(
             and state in e["message"]
         ]
 
-    victim.kill()
+    kill_server(victim)
     killed_at = time.monotonic()
     wait_for("node_up 0 for the killed node", lambda: node_up()[victim_name] == 0, 10)
     assert time.monotonic() - killed_at < 10

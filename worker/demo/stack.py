@@ -144,12 +144,6 @@ class LocalStack:
         self.others.append(process)
         return process
 
-    def kill_worker(self, worker: WorkerProcess) -> None:
-        """SIGKILL a worker and all its pool processes at once, as a machine crash would."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(worker.process.pid, signal.SIGKILL)
-        worker.process.wait()
-
     def stop(self) -> None:
         """Stop every child: workers and others first, then broker and lock nodes."""
         for worker in self.workers:

@@ -17,8 +17,8 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
 from tasks import runtime
+from worker.health import lock_health
 from worker.settings import Settings
-from worker.wiring import build_redlock
 
 logger = logging.getLogger(__name__)
 
@@ -28,17 +28,10 @@ def startup_problems(settings: Settings) -> list[str]:
     problems = settings.worker_problems()
     if problems or not settings.lock_enabled:
         return problems
-    redlock = build_redlock(settings)
-    try:
-        errors = {name: error for name, error in redlock.ping().items() if error is not None}
-    finally:
-        redlock.close()
-    if len(errors) > len(settings.redlock_nodes) - redlock.quorum:
-        problems += [f"lock node unusable: {error}" for error in errors.values()]
-    else:
-        for error in errors.values():
-            logger.warning("Lock node unavailable at start-up (quorum still possible): %s", error)
-    return problems
+    locks = lock_health(settings)
+    for warning in locks.warnings:
+        logger.warning("Starting with a lock quorum still possible: %s", warning)
+    return problems + locks.problems
 
 
 def connect() -> None:

@@ -1,8 +1,8 @@
 """Servers the tests start by the handful, and the faults they inject into them.
 
-The demo (`worker.demo`) starts and stops redis-server and Celery worker children;
-crashing, freezing and thawing them is only what tests do, so it lives here, out
-of the installed packages.
+The demo (`worker.demo`) starts and stops redis-server and Celery worker children
+as a whole; stopping one worker of a stack, crashing, freezing and thawing them
+is only what tests do, so it lives here, out of the installed packages.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import signal
 from collections.abc import Iterator
 
 from worker.demo.redis_server import RedisServer
-from worker.demo.stack import WorkerProcess
+from worker.demo.stack import WorkerProcess, stop_group
 
 
 @contextlib.contextmanager
@@ -54,6 +54,11 @@ def thaw_server(server: RedisServer) -> None:
     """SIGCONT a frozen server."""
     assert server.process is not None
     server.process.send_signal(signal.SIGCONT)
+
+
+def stop_worker(worker: WorkerProcess, *, timeout_s: float = 15.0) -> None:
+    """Warm-shut one worker down (TERM), killing its whole group if it hangs."""
+    stop_group(worker.process, timeout_s)
 
 
 def kill_worker(worker: WorkerProcess) -> None:

@@ -151,9 +151,9 @@ class LocalStack:
             with contextlib.suppress(ProcessLookupError):
                 worker.process.terminate()
         for worker in self.workers:
-            _stop_group(worker.process, 10.0)
+            stop_group(worker.process, 10.0)
         for process in self.others:
-            _stop_group(process, 5.0)
+            stop_group(process, 5.0)
         for server in [*self.lock_nodes, *([self.broker] if self.broker else [])]:
             server.cleanup()
 
@@ -168,7 +168,8 @@ def _consuming(worker: WorkerProcess, broker_url: str) -> bool:
     return bool(replies)
 
 
-def _stop_group(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+def stop_group(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Stop a child and its process group: TERM, then KILL after ``timeout_s`` seconds."""
     if process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):

@@ -51,7 +51,7 @@ def test_one_lock_node_killed_mid_sale(
     stack: LocalStack, observer: Engine, reliability: Recorder
 ) -> None:
     sale = FlashSale(stack, observer)
-    result, _ = sale.run(stack.lock_nodes[0].kill)
+    result, _ = sale.run(lambda: kill_server(stack.lock_nodes[0]))
     reliability.record(
         "1-node-killed",
         "One lock node SIGKILLed mid-sale (stays down)",

@@ -8,8 +8,8 @@ Python, `tasks.settlement`, for the demo). Both run the same contract tests
 
 Every step returns the orders it moved to a terminal state (`Decision`), so the
 caller can report exact counts. The steps both SQL stores take the same way
-(reading, ending, failing a poison order) are the functions below. Driver errors that mean "try later" come out as
-`DatabaseUnavailable`.
+(reading, ending, failing a poison order) are the functions below. Driver errors
+that mean "try later" come out as `DatabaseUnavailable`.
 """
 
 from __future__ import annotations

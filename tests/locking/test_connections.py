@@ -17,7 +17,7 @@ import redis
 from locking import NO_RETRY, NODE_ERROR_KINDS, NodeAddress, NodeError, Redlock, ReleaseOutcome
 from locking.node import Node
 from locking.protocol import encode_command
-from tests.locking._support import MakeRedlock
+from tests.locking._support import MakeRedlock, held_by
 from tests.spawners import freeze_server, redis_servers, thaw_server
 from worker.demo.redis_server import RedisServer, free_port
 
@@ -29,10 +29,6 @@ BOUND_S = 0.6
 def kill_lock_connections(clients: list[redis.Redis]) -> None:
     for client in clients:
         client.client_kill_filter(_type="normal", skipme=True)
-
-
-def keys_left(clients: list[redis.Redis], key: str) -> list[bytes | None]:
-    return [client.get(key) for client in clients]
 
 
 def collector() -> tuple[list[NodeError], Callable[[NodeError], None]]:
@@ -49,7 +45,7 @@ def test_an_acquire_after_every_node_killed_its_connections_succeeds(
     redlock.release(redlock.acquire("warm", ttl_ms=1000))
     kill_lock_connections(clients)
     lease = redlock.acquire("k", ttl_ms=2000, retry=NO_RETRY)
-    assert keys_left(clients, "redlock:k") == [lease.token.encode()] * 3
+    assert held_by(clients, "redlock:k") == [lease.token.encode()] * 3
     assert redlock.release(lease) is ReleaseOutcome.RELEASED
 
 
@@ -60,9 +56,9 @@ def test_a_release_without_confirmation_is_not_lost_into_a_closed_connection(
     kill_lock_connections(clients)
     assert redlock.release(lease, confirm=False) is ReleaseOutcome.SENT
     deadline = time.monotonic() + 2.0
-    while any(keys_left(clients, "redlock:k")) and time.monotonic() < deadline:
+    while any(held_by(clients, "redlock:k")) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert keys_left(clients, "redlock:k") == [None] * 3
+    assert held_by(clients, "redlock:k") == [None] * 3
 
 
 def test_connections_closed_by_the_server_idle_timeout_are_replaced(
@@ -80,7 +76,7 @@ def test_connections_closed_by_the_server_idle_timeout_are_replaced(
         else:
             pytest.fail("the servers never closed the idle connections")
         lease = redlock.acquire("k", ttl_ms=2000, retry=NO_RETRY)
-        assert keys_left(clients, "redlock:k") == [lease.token.encode()] * 3
+        assert held_by(clients, "redlock:k") == [lease.token.encode()] * 3
         assert redlock.release(lease) is ReleaseOutcome.RELEASED
     finally:
         for client in clients:

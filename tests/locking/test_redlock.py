@@ -17,15 +17,11 @@ from locking import (
     ReleaseOutcome,
     RetryPolicy,
 )
-from tests.locking._support import FOREIGN, MakeRedlock
+from tests.locking._support import FOREIGN, MakeRedlock, held_by
 from tests.spawners import kill_server
 from worker.demo.redis_server import RedisServer
 
 SUBSETS = [subset for size in range(4) for subset in itertools.combinations(range(3), size)]
-
-
-def held_by(clients: list[redis.Redis], key: str) -> list[bytes | None]:
-    return [client.get(key) for client in clients]
 
 
 def lock_keys(clients: list[redis.Redis]) -> list[list[bytes]]:

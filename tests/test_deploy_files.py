@@ -105,7 +105,7 @@ def test_compose_has_every_service(compose: dict[str, Any]) -> None:
 
 
 #: ``name:version[-variant]``; PostgreSQL (10+) numbers its releases major.minor.
-IMAGE_TAG = re.compile(r"(?P<name>[a-z0-9./-]+):(?P<version>\d+(?:\.\d+)*)(?:-[A-Za-z0-9.-]+)?")
+IMAGE_TAG = re.compile(r"(?P<name>[a-z0-9./-]+):v?(?P<version>\d+(?:\.\d+)*)(?:-[A-Za-z0-9.-]+)?")
 
 
 def is_exact_image(image: str) -> bool:

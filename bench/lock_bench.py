@@ -46,7 +46,7 @@ import redis
 
 from bench.lock_contention import CONTENDED_POLICIES, TTL_MS, measure_all_contended
 from locking import Redlock
-from worker.demo.redis_server import redis_servers
+from worker.demo.stack import LocalStack
 from worker.demo.stats import percentile
 
 RESULTS = Path(__file__).with_name("results") / "lock_bench.json"
@@ -302,7 +302,9 @@ def main() -> None:
 
     started = time.monotonic()
     load_before = os.getloadavg()
-    with redis_servers(3) as nodes, redis_servers(1) as scratch_nodes:
+    with LocalStack() as stack, LocalStack() as scratch_stack:
+        nodes = stack.start_lock_nodes(3)
+        scratch_nodes = scratch_stack.start_lock_nodes(1)
         urls = [node.url for node in nodes]
         ports = [node.port for node in nodes]
         uncontended, skipped = measure_uncontended(

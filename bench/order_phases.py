@@ -29,7 +29,7 @@ from tasks.validation import OrderRequest, parse_order
 from tests.domain import SETTLE_FUNCTION
 from tests.pg import create_database, drop_database
 from tests.sale import seed_products
-from worker.demo.redis_server import redis_servers
+from worker.demo.stack import LocalStack
 
 
 def main() -> None:
@@ -54,7 +54,8 @@ def main() -> None:
     ]
     phases: dict[str, list[float]] = {name: [] for name in names}
     try:
-        with redis_servers(3) as servers:
+        with LocalStack() as stack:
+            servers = stack.start_lock_nodes(3)
             redlock = Redlock([server.url for server in servers])
             for _ in range(args.orders):
                 marks = [time.perf_counter()]

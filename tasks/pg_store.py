@@ -20,15 +20,18 @@ from sqlalchemy.orm import Session
 
 from tasks.db import create_db_engine, session_factory
 from tasks.errors import OrderConflict, OverBudget, StaleFence
-from tasks.models import TERMINAL, OrderStatus
-from tasks.orders import Decision, Executor, OrderState, end_pending, find_order, record_rejected
+from tasks.models import OrderStatus
+from tasks.orders import Decision, Executor, OrderState, record_rejected
 from tasks.settlement import BATCH_LIMIT
 from tasks.store import (
     DEFAULT_OPTIONS,
     StepResult,
     StoreOptions,
+    counted_delivery,
+    end_order,
     read_highest_fence,
     read_known_skus,
+    read_state,
     token_digest,
     translated,
 )
@@ -73,25 +76,12 @@ class PostgresOrderStore:
         """Record the order as pending, or count a redelivery (see `OrderStore.record`)."""
         with self._statement() as connection:
             state = record_pending(connection, request)
-            if state.status is OrderStatus.PENDING and (state.attempts or 0) > (
-                self._options.max_deliveries
-            ):
-                # Redelivered again and again (a crash in its path): stop, visibly.
-                decision = end_pending(
-                    connection, request.order_id, OrderStatus.FAILED, "too_many_attempts"
-                )
-                found = find_order(connection, request.order_id)
-                assert found is not None
-                return StepResult(found, () if decision is None else (decision,))
-        return StepResult(state)
+            return counted_delivery(connection, state, self._options.max_deliveries)
 
     def state(self, order_id: uuid.UUID) -> OrderState:
         """Read a recorded order's current state."""
         with self._statement() as connection:
-            found = find_order(connection, order_id)
-        if found is None:
-            raise KeyError(order_id)
-        return found
+            return read_state(connection, order_id)
 
     def settle(
         self,
@@ -146,14 +136,7 @@ class PostgresOrderStore:
     def end(self, request: OrderRequest, status: OrderStatus, reason: str) -> StepResult:
         """End the order unless decided (see `OrderStore.end`)."""
         with self._transaction() as session:
-            # Not a new delivery: record only an order that never reached the database.
-            state = find_order(session, request.order_id) or record_pending(session, request)
-            if state.status in TERMINAL:
-                return StepResult(state)
-            decision = end_pending(session, request.order_id, status, reason)
-            found = find_order(session, request.order_id)
-        assert found is not None, "recorded in this transaction"
-        return StepResult(found, () if decision is None else (decision,))
+            return end_order(session, request, status, reason, record_pending)
 
     def reject_invalid(self, order_id: uuid.UUID, customer_id: object, reason: str) -> StepResult:
         """Store an invalid order as rejected (see `OrderStore.reject_invalid`)."""

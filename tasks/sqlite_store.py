@@ -17,15 +17,18 @@ from sqlalchemy.orm import Session
 from tasks.db import session_factory
 from tasks.errors import OrderConflict
 from tasks.models import ORDER_ITEMS, ORDERS, TERMINAL, OrderStatus
-from tasks.orders import OrderState, end_pending, find_order, record_rejected
+from tasks.orders import Executor, OrderState, find_order, record_rejected
 from tasks.settlement import Fencing, settle
 from tasks.store import (
     DEFAULT_OPTIONS,
     StepResult,
     StoreOptions,
     budget_check,
+    counted_delivery,
+    end_order,
     read_highest_fence,
     read_known_skus,
+    read_state,
     token_digest,
     translated,
 )
@@ -54,10 +57,7 @@ class SqliteOrderStore:
     def state(self, order_id: uuid.UUID) -> OrderState:
         """Read a recorded order's current state."""
         with self._transaction() as session:
-            found = find_order(session, order_id)
-        if found is None:
-            raise KeyError(order_id)
-        return found
+            return read_state(session, order_id)
 
     def settle(
         self,
@@ -94,14 +94,7 @@ class SqliteOrderStore:
     def end(self, request: OrderRequest, status: OrderStatus, reason: str) -> StepResult:
         """End the order unless decided (see `OrderStore.end`)."""
         with self._transaction() as session:
-            # Not a new delivery: record only an order that never reached the database.
-            state = find_order(session, request.order_id) or record_pending(session, request)
-            if state.status in TERMINAL:
-                return StepResult(state)
-            decision = end_pending(session, request.order_id, status, reason)
-            found = find_order(session, request.order_id)
-        assert found is not None, "recorded in this transaction"
-        return StepResult(found, () if decision is None else (decision,))
+            return end_order(session, request, status, reason, record_pending)
 
     def reject_invalid(self, order_id: uuid.UUID, customer_id: object, reason: str) -> StepResult:
         """Store an invalid order as rejected (see `OrderStore.reject_invalid`)."""
@@ -121,17 +114,7 @@ class SqliteOrderStore:
 
     def _record_in(self, session: Session, request: OrderRequest) -> StepResult:
         state = record_pending(session, request)
-        if state.status is OrderStatus.PENDING and (state.attempts or 0) > (
-            self._options.max_deliveries
-        ):
-            # Redelivered again and again (a crash in its path): stop, visibly.
-            decision = end_pending(
-                session, request.order_id, OrderStatus.FAILED, "too_many_attempts"
-            )
-            found = find_order(session, request.order_id)
-            assert found is not None
-            return StepResult(found, () if decision is None else (decision,))
-        return StepResult(state)
+        return counted_delivery(session, state, self._options.max_deliveries)
 
     @contextmanager
     def _transaction(self) -> Iterator[Session]:
@@ -139,7 +122,7 @@ class SqliteOrderStore:
             yield session
 
 
-def record_pending(session: Session, request: OrderRequest) -> OrderState:
+def record_pending(executor: Executor, request: OrderRequest) -> OrderState:
     """Insert the order as pending, or count one more delivery of an existing one.
 
     :raises OrderConflict: the id exists with a different customer or cart.
@@ -159,11 +142,11 @@ def record_pending(session: Session, request: OrderRequest) -> OrderState:
         )
         .returning(ORDERS.c.status, ORDERS.c.reason, ORDERS.c.payload_hash, ORDERS.c.attempts)
     )
-    status, reason, payload_hash, attempts = session.execute(statement).one()
+    status, reason, payload_hash, attempts = executor.execute(statement).one()
     if payload_hash != request.payload_hash:
         raise OrderConflict(request.order_id)
     if attempts == 1:
-        session.execute(
+        executor.execute(
             insert(ORDER_ITEMS),
             [
                 {"order_id": request.order_id, "sku": line.sku, "quantity": line.quantity}

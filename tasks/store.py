@@ -1,4 +1,4 @@
-"""The storage seam of the order path: `OrderStore`, and what its steps return.
+"""The storage seam of the order path: `OrderStore`, what its steps return, shared steps.
 
 Two implementations, chosen once by the worker's wiring from the database URL:
 `tasks.pg_store.PostgresOrderStore` (each step one statement, the SQL functions
@@ -7,8 +7,9 @@ Python, `tasks.settlement`, for the demo). Both run the same contract tests
 (tests/tasks/test_store_contract.py), as does the in-memory fake of the tests.
 
 Every step returns the orders it moved to a terminal state (`Decision`), so the
-caller can report exact counts. Driver errors that mean "try later" come out as
-`DatabaseUnavailable`.
+caller can report exact counts. The steps both SQL stores take the same way
+(reading, ending, failing a poison order) are the functions below. Driver errors
+that mean "try later" come out as `DatabaseUnavailable`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from tasks.errors import DatabaseUnavailable, OverBudget
-from tasks.models import PRODUCTS, OrderStatus
-from tasks.orders import Decision, Executor, OrderState
+from tasks.models import PRODUCTS, TERMINAL, OrderStatus
+from tasks.orders import Decision, Executor, OrderState, end_pending, find_order
 from tasks.validation import OrderRequest
 
 
@@ -140,6 +141,57 @@ def read_known_skus(executor: Executor, skus: Sequence[str]) -> frozenset[str]:
     """Return which of ``skus`` have a product row."""
     rows = executor.execute(select(PRODUCTS.c.sku).where(PRODUCTS.c.sku.in_(list(skus))))
     return frozenset(str(sku) for (sku,) in rows)
+
+
+#: Records an order as pending (or counts a redelivery) in one dialect's SQL.
+RecordPending = Callable[[Executor, OrderRequest], OrderState]
+
+
+def read_state(executor: Executor, order_id: uuid.UUID) -> OrderState:
+    """Read a recorded order's current state; `KeyError` when it was never recorded."""
+    found = find_order(executor, order_id)
+    if found is None:
+        raise KeyError(order_id)
+    return found
+
+
+def end_recorded(
+    executor: Executor, order_id: uuid.UUID, status: OrderStatus, reason: str
+) -> StepResult:
+    """End a recorded order unless decided; return its state and the decision made here."""
+    decision = end_pending(executor, order_id, status, reason)
+    found = find_order(executor, order_id)
+    assert found is not None, "recorded before this step"
+    return StepResult(found, () if decision is None else (decision,))
+
+
+def counted_delivery(executor: Executor, state: OrderState, max_deliveries: int) -> StepResult:
+    """Return the step of a just-recorded delivery, failing the order as poison past the limit.
+
+    :param state: the order's state right after recording this delivery.
+    :param max_deliveries: deliveries after which a still-pending order is failed.
+    """
+    if state.status is OrderStatus.PENDING and (state.attempts or 0) > max_deliveries:
+        # Redelivered again and again (a crash in its path): stop, visibly.
+        return end_recorded(executor, state.order_id, OrderStatus.FAILED, "too_many_attempts")
+    return StepResult(state)
+
+
+def end_order(
+    executor: Executor,
+    request: OrderRequest,
+    status: OrderStatus,
+    reason: str,
+    record_pending: RecordPending,
+) -> StepResult:
+    """End the order unless decided, recording it first if it never reached the database.
+
+    Not a new delivery, so the attempts are not counted (see `OrderStore.end`).
+    """
+    state = find_order(executor, request.order_id) or record_pending(executor, request)
+    if state.status in TERMINAL:
+        return StepResult(state)
+    return end_recorded(executor, request.order_id, status, reason)
 
 
 def budget_check(budget_ms: float | None) -> Callable[[], None]:

@@ -16,12 +16,8 @@ from tasks.db import create_db_engine
 from tasks.migrate import upgrade
 from tests.pg import PostgreSQLUnavailable, create_database, drop_database
 from tests.rabbitmq import amqp_url, rabbitmq_vhost
-from worker.demo.redis_server import (
-    RedisServer,
-    RedisServerError,
-    redis_server_binary,
-    redis_servers,
-)
+from tests.spawners import redis_servers
+from worker.demo.redis_server import RedisServer, RedisServerError, redis_server_binary
 from worker.demo.stack import LocalStack
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, Uuid, bindparam, inspect, select, text
 from sqlalchemy.exc import DBAPIError
@@ -18,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tasks.db import create_db_engine
 from tasks.errors import StaleFence
-from tasks.migrate import alembic_config
+from tasks.migrate import alembic_config, upgrade
 from tasks.models import Order, OrderItem, OrderStatus, Product, StockMovement
 from tasks.orders import Executor, OrderState
 from tasks.pg_store import STALE_FENCE_SQLSTATE
@@ -36,6 +38,18 @@ SETTLE_FUNCTION = text(
 ).bindparams(bindparam("own", type_=Uuid))
 #: The lease token `settle_now` writes with unless told otherwise.
 TEST_LEASE_TOKEN = "test-lease"
+
+
+def migrated_database_url(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> str:
+    """Return a fresh, migrated database: the test's PostgreSQL one, or a new SQLite file.
+
+    :param backend: ``postgresql`` or ``sqlite``.
+    """
+    if backend == "postgresql":
+        return str(request.getfixturevalue("database_url"))
+    url = f"sqlite:///{tmp_path / 'orders.sqlite3'}"
+    upgrade(url)
+    return url
 
 
 def payload(

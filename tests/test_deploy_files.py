@@ -290,6 +290,24 @@ def test_every_setting_is_in_env_example_and_reaches_the_worker(
     assert not [p for p in settings.worker_problems() if "REDLOCK" not in p]
 
 
+#: Settings the deployment files set on purpose to other than the code's default:
+#: where the services are, and metrics on (off by default in the code).
+DEPLOYMENT_VALUES = ("CELERY_BROKER_URL", "DATABASE_URL", "REDLOCK_NODES", "WORKER_METRICS_PORT")
+
+
+def test_the_deployment_files_restate_the_code_defaults_only(
+    compose: dict[str, Any], env_example: dict[str, str]
+) -> None:
+    # The defaults are defined once, in worker.settings; Compose and .env.example
+    # name every setting (above), so each copy must equal the code's value.
+    worker_env = _service(compose, "worker")["environment"]
+    code = Settings.from_env({})
+    for name in sorted(set(SETTINGS_VARIABLES) - set(DEPLOYMENT_VALUES)):
+        in_compose = _default(str(worker_env[name]), {})
+        assert Settings.from_env({name: in_compose}) == code, f"compose default of {name}"
+        assert Settings.from_env({name: env_example[name]}) == code, f".env.example {name}"
+
+
 def _tell(request: pytest.FixtureRequest, message: str) -> None:
     """Write ``message`` on the terminal now, past pytest's output capture."""
     message = " ".join(message.split())

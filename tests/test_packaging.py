@@ -98,6 +98,14 @@ def test_imports_point_downward_only() -> None:
         for path, names in _imports(package).items():
             assert names & ours <= allowed, f"{path} imports {sorted(names & ours - allowed)}"
     for path, names in _imports("worker").items():
-        assert not names & {"tests", "bench"}, f"{path} imports test or benchmark code"
         if not path.startswith("worker/demo/") and path != "worker/cli.py":
             assert "worker.demo" not in names, f"{path} imports the demo"
+
+
+def test_no_installed_package_imports_the_tests_or_the_benchmarks() -> None:
+    patterns = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    installed = sorted(pattern.rstrip("*") for pattern in patterns)
+    assert installed == ["locking", "tasks", "worker"]
+    for package in installed:
+        for path, names in _imports(package).items():
+            assert not names & {"tests", "bench"}, f"{path} imports test or benchmark code"

@@ -41,20 +41,29 @@ def check(settings: Settings) -> Health:
     """Check the settings, every lock node, the database's migration and the broker."""
     health = Health(problems=settings.worker_problems())
     if settings.lock_enabled and not health.problems:
-        redlock = build_redlock(settings)
-        try:
-            errors = [error for error in redlock.ping().values() if error is not None]
-        finally:
-            redlock.close()
-        # The worker's start-up rule (worker.signals.startup_problems): a lost quorum
-        # stops it; fewer nodes down is a degraded lock that still grants.
-        if len(errors) > len(settings.redlock_nodes) - redlock.quorum:
-            health.problems += [f"lock node unusable: {error}" for error in errors]
-        else:
-            health.warnings += [f"lock node unreachable: {error}" for error in errors]
+        locks = lock_health(settings)
+        health.problems += locks.problems
+        health.warnings += locks.warnings
     health.warnings += _database_warnings(settings.database_url)
     health.warnings += _broker_warnings(settings.broker_url)
     return health
+
+
+def lock_health(settings: Settings) -> Health:
+    """Ping every lock node; a problem each when a quorum is lost, else a warning each.
+
+    The one rule for lock nodes: a worker refuses to start on its problems
+    (`worker.signals.startup_problems`) and ``flashsale check`` reports both.
+    """
+    redlock = build_redlock(settings)
+    try:
+        errors = [error for error in redlock.ping().values() if error is not None]
+    finally:
+        redlock.close()
+    if len(errors) > len(settings.redlock_nodes) - redlock.quorum:
+        return Health(problems=[f"lock node unusable: {error}" for error in errors])
+    # Fewer nodes down is a degraded lock that still grants.
+    return Health(warnings=[f"lock node unreachable: {error}" for error in errors])
 
 
 def _database_warnings(database_url: str) -> list[str]:

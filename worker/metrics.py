@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from locking.errors import NODE_ERROR_KINDS
+
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge, Histogram
 
@@ -32,9 +34,6 @@ logger = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Outcomes of one acquire sequence of the order path (OrderEvents.lock_acquired).
 ACQUIRE_OUTCOMES = ("granted", "contended", "unavailable")
-#: NodeError kinds (locking.errors.NODE_ERROR_KINDS, interface A); pre-set to 0.
-NODE_ERROR_KINDS = ("timeout", "refused", "unresolvable", "closed", "auth", "protocol",
-                    "redis_error", "io")  # fmt: skip
 #: Retry causes of the order task (OrderEvents.task_retry); pre-set to 0.
 RETRY_CAUSES = ("lock_contended", "lock_unavailable", "database_unavailable", "over_budget",
                 "time_limit")  # fmt: skip

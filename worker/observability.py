@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +32,7 @@ from worker import metrics
 from worker.logformat import json_root_logging, json_say, use_json
 from worker.nodeprobe import NodeProbe
 from worker.settings import Settings
+from worker.signals import refuse_to_start, settings_of
 from worker.wiring import build_redlock
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ _running: dict[str, Any] = {}
 
 def _start_metrics(sender: Any = None, **_: Any) -> None:
     app = sender.app
-    settings: Settings | None = getattr(app, "flashsale_settings", None)
+    settings = settings_of(app)
     if settings is None:
         return  # another Celery app in this process: not ours to instrument
     if not settings.metrics_enabled or settings.worker_problems():
@@ -95,12 +95,9 @@ def _start_metrics(sender: Any = None, **_: Any) -> None:
         # Bind first: if another worker serves this port, its directory stays intact.
         _running["server"] = metrics.serve(settings.worker_metrics_port, directory)
     except OSError as error:
-        # Celery logs and ignores a handler's exception: a worker without its
-        # metrics would run unseen, so refuse to start instead.
-        message = f"cannot serve metrics on WORKER_METRICS_PORT={settings.worker_metrics_port}"
-        logger.critical("Refusing to start: %s: %s", message, error)
-        print(f"flashsale worker refused to start: {message}: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        # A worker without its metrics would run unseen: refuse to start instead.
+        port = settings.worker_metrics_port
+        refuse_to_start([f"cannot serve metrics on WORKER_METRICS_PORT={port}: {error}"])
     metrics.enable_multiprocess(directory)
     _running["directory"] = directory
     redlock = build_redlock(settings) if settings.lock_enabled else None

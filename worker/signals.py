@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
 from tasks import runtime
+from worker.health import lock_health
 from worker.settings import Settings
-from worker.wiring import build_redlock
 
 logger = logging.getLogger(__name__)
 
@@ -28,17 +29,10 @@ def startup_problems(settings: Settings) -> list[str]:
     problems = settings.worker_problems()
     if problems or not settings.lock_enabled:
         return problems
-    redlock = build_redlock(settings)
-    try:
-        errors = {name: error for name, error in redlock.ping().items() if error is not None}
-    finally:
-        redlock.close()
-    if len(errors) > len(settings.redlock_nodes) - redlock.quorum:
-        problems += [f"lock node unusable: {error}" for error in errors.values()]
-    else:
-        for error in errors.values():
-            logger.warning("Lock node unavailable at start-up (quorum still possible): %s", error)
-    return problems
+    locks = lock_health(settings)
+    for warning in locks.warnings:
+        logger.warning("Starting with a lock quorum still possible: %s", warning)
+    return problems + locks.problems
 
 
 def connect() -> None:
@@ -51,22 +45,30 @@ _UID_REFUSE = "flashsale.refuse_unsafe_configuration"
 _UID_FRESH = "flashsale.fresh_process_state"
 
 
-def _settings_of(app: Celery | None) -> Settings | None:
+def refuse_to_start(problems: Sequence[str]) -> NoReturn:
+    """Log and print why the worker does not start, and exit 2.
+
+    An exception would not do: Celery logs and ignores a signal handler's.
+    """
+    for problem in problems:
+        logger.critical("Refusing to start: %s", problem)
+    print("flashsale worker refused to start:", *problems, sep="\n  - ", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def settings_of(app: Celery | None) -> Settings | None:
     """Return the settings of an app built by `create_app`, None for any other app."""
     settings = getattr(app, "flashsale_settings", None)
     return settings if isinstance(settings, Settings) else None
 
 
 def _refuse_unsafe_configuration(sender: Any = None, **_: Any) -> None:
-    settings = _settings_of(getattr(sender, "app", None))
+    settings = settings_of(getattr(sender, "app", None))
     if settings is None:
         return
     problems = startup_problems(settings)
     if problems:
-        for problem in problems:
-            logger.critical("Refusing to start: %s", problem)
-        print("flashsale worker refused to start:", *problems, sep="\n  - ", file=sys.stderr)
-        raise SystemExit(2)
+        refuse_to_start(problems)
 
 
 def _fresh_process_state(**_: Any) -> None:

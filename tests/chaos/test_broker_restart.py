@@ -39,6 +39,7 @@ from tests.chaos.report import Recorder
 from tests.chaos.test_broker import use_aof
 from tests.chaos.test_broker_links import decision_span_s
 from tests.sale import check_invariants, producer
+from tests.spawners import kill_server
 from worker.demo.stack import LocalStack
 
 ORDERS = 500
@@ -94,7 +95,7 @@ def restart_repeatedly(stack: LocalStack, sale: FlashSale) -> list[float]:
     assert stack.broker is not None
     resumed: list[float] = []
     for _ in range(RESTARTS):
-        stack.broker.kill()
+        kill_server(stack.broker)
         time.sleep(DOWN_S)
         stack.broker.start()
         back_s = time.monotonic()

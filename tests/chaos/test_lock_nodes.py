@@ -22,6 +22,7 @@ from tests.chaos.figures import (
 )
 from tests.chaos.harness import FlashSale
 from tests.chaos.report import Recorder
+from tests.spawners import freeze_server, kill_server, thaw_server
 from worker.demo.redis_server import RedisServer
 from worker.demo.stack import LocalStack
 
@@ -50,7 +51,7 @@ def test_one_lock_node_killed_mid_sale(
     stack: LocalStack, observer: Engine, reliability: Recorder
 ) -> None:
     sale = FlashSale(stack, observer)
-    result, _ = sale.run(stack.lock_nodes[0].kill)
+    result, _ = sale.run(lambda: kill_server(stack.lock_nodes[0]))
     reliability.record(
         "1-node-killed",
         "One lock node SIGKILLed mid-sale (stays down)",
@@ -67,11 +68,11 @@ def test_one_lock_node_killed_mid_sale(
 def freeze_for(node: RedisServer, seconds: float) -> tuple[datetime, datetime]:
     """SIGSTOP ``node`` for ``seconds``, then SIGCONT it; return when it froze and thawed."""
     frozen_at = now()
-    node.freeze()
+    freeze_server(node)
     try:
         time.sleep(seconds)
     finally:
-        node.thaw()
+        thaw_server(node)
     return frozen_at, now()
 
 
@@ -110,7 +111,7 @@ def outage(nodes: list[RedisServer], seconds: float) -> tuple[datetime, datetime
     """
     down_at = now()
     for node in nodes:
-        node.kill()
+        kill_server(node)
     time.sleep(seconds)
     up_at = now()
     for node in nodes:

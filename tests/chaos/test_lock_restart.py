@@ -33,7 +33,8 @@ from locking import NO_RETRY, Lease, LockContended, NotAcquired, Redlock
 from tests.chaos.figures import assert_sound, fence_violations
 from tests.chaos.harness import FlashSale, log_lines
 from tests.chaos.report import Recorder
-from worker.demo.redis_server import RedisServer, redis_servers
+from tests.spawners import kill_server, redis_servers
+from worker.demo.redis_server import RedisServer
 from worker.demo.stack import LocalStack
 
 RESOURCE = "sku:restart"
@@ -76,7 +77,7 @@ def _clients(nodes: list[RedisServer]) -> Iterator[list[Redlock]]:
 
 def restart_empty(node: RedisServer) -> None:
     """SIGKILL the node and start it again on its port (empty unless it has AOF)."""
-    node.kill()
+    kill_server(node)
     node.start()
 
 
@@ -194,7 +195,7 @@ def test_restart_delayed_past_the_ttl_keeps_exclusion(
 ) -> None:
     holder, contender = clients
     first = hold(holder, SHORT_TTL_MS)
-    lock_nodes[0].kill()  # crashed, and kept down for longer than any lease's TTL
+    kill_server(lock_nodes[0])  # crashed, and kept down for longer than any lease's TTL
     restart_empty(lock_nodes[1])  # meanwhile a second node loses its memory
     refusals = 0
     while first.remaining_ms() > 100:

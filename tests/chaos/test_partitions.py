@@ -56,7 +56,12 @@ from tests.chaos.harness import FlashSale, log_lines, stock_for, wait_until
 from tests.chaos.leases import Hold, Probes, fence_inversions, overlaps
 from tests.chaos.links import Links, database_link
 from tests.chaos.report import Recorder
-from tests.chaos.test_stale_holder import product_fence, wake_up_and_settle
+from tests.chaos.test_stale_holder import (
+    product_fence,
+    retry_by_the_workers,
+    traces_of,
+    wake_up_and_settle,
+)
 from tests.sale import enqueue, producer
 from worker.demo.redis_server import RedisServer
 from worker.demo.stack import LocalStack, WorkerProcess
@@ -133,6 +138,29 @@ def start_groups(stack: LocalStack, envs: list[dict[str, str]]) -> list[WorkerPr
     return workers
 
 
+def open_two_sided_sale(
+    stack: LocalStack,
+    observer: Engine,
+    links: list[Links],
+    probes: Probes,
+    env: dict[str, str],
+    *,
+    decided: float,
+) -> FlashSale:
+    """Start a worker and a HOT probe per group (A1, B1), open the sale, let it run.
+
+    :param env: the workers' environment besides their group's lock nodes.
+    :param decided: the share of the orders decided before this returns.
+    """
+    sale = sale_of(stack, observer)
+    start_groups(stack, [{**env, **group.env()} for group in links])
+    for group, name in zip(links, ("A1", "B1"), strict=True):
+        probes.start(group.urls, name)
+    sale.open(rate_per_s=ARRIVALS_PER_S)
+    sale.wait_decided(decided)
+    return sale
+
+
 def first_decided_after(engine: Engine, since: datetime) -> datetime | None:
     """When the first order was confirmed or rejected at or after ``since``."""
     value = scalar_rows(
@@ -173,12 +201,7 @@ def test_asymmetric_partition_keeps_hot_leases_exclusive(
     reliability: Recorder,
 ) -> None:
     group_a, group_b = links
-    sale = sale_of(stack, observer)
-    start_groups(stack, [{**WORKER_ENV, **group.env()} for group in (group_a, group_b)])
-    probes.start(group_a.urls, "A1")
-    probes.start(group_b.urls, "B1")
-    sale.open(rate_per_s=ARRIVALS_PER_S)
-    sale.wait_decided(0.1)
+    sale = open_two_sided_sale(stack, observer, links, probes, WORKER_ENV, decided=0.1)
     cut_at, cut_s = now(), time.monotonic()
     group_a.partition([3])
     group_b.partition([1])
@@ -358,16 +381,8 @@ def test_holder_cut_mid_lease_is_refused_by_the_fence_guard(
         redlock.close()
         holder_engine.dispose()
         db_proxy.close()
-    left_behind = scalar_rows(
-        observer,
-        "SELECT (SELECT count(*) FROM orders WHERE id = CAST(:id AS uuid)),"
-        " (SELECT count(*) FROM stock_movements WHERE sku = 'HOT' AND fence = :fence)",
-        id=payload["order_id"],
-        fence=stale.fence,
-    )[0]
-    with producer(sale.broker_url) as app:  # the cut holder's task, retried
-        enqueue(app, [payload])
-    sale.ids.append(str(payload["order_id"]))
+    left_behind = traces_of(observer, payload, stale.fence)
+    retry_by_the_workers(sale, payload)
     result = sale.finish()
     violations = fence_violations(observer)
     refusal = outcome[0] if outcome else None
@@ -403,12 +418,7 @@ def test_everything_resumes_soon_after_the_partition_heals(
     reliability: Recorder,
 ) -> None:
     group_a, group_b = links
-    sale = sale_of(stack, observer)
-    start_groups(stack, [{**PATIENT_BUDGET, **group.env()} for group in (group_a, group_b)])
-    probes.start(group_a.urls, "A1")
-    probes.start(group_b.urls, "B1")
-    sale.open(rate_per_s=ARRIVALS_PER_S)
-    sale.wait_decided(0.2)
+    sale = open_two_sided_sale(stack, observer, links, probes, PATIENT_BUDGET, decided=0.2)
     # Node 2 is cut from everyone, A reaches only node 1 and B only node 3: no quorum.
     cut_at, cut_s = now(), time.monotonic()
     group_a.partition([2, 3])

@@ -19,6 +19,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Mapping
 
 import pytest
 from sqlalchemy import Engine
@@ -45,9 +46,9 @@ def product_fence(engine: Engine, sku: str) -> int:
     return int(scalar_rows(engine, "SELECT fence FROM products WHERE sku = :sku", sku=sku)[0][0])
 
 
-def wake_up_and_settle(engine: Engine, lease: Lease, payload: dict[str, object]) -> StaleFence:
+def wake_up_and_settle(engine: Engine, lease: Lease, payload: Mapping[str, object]) -> StaleFence:
     """As the stale holder: record its order and settle with its fence; return the refusal."""
-    request = parse_order(payload)
+    request = parse_order(dict(payload))
     store = PostgresOrderStore(engine=engine)
     try:
         with pytest.raises(StaleFence) as refused:
@@ -62,6 +63,26 @@ def wake_up_and_settle(engine: Engine, lease: Lease, payload: dict[str, object])
     finally:
         store.dispose()
     return refused.value
+
+
+def traces_of(engine: Engine, payload: Mapping[str, object], fence: int | None) -> tuple[int, int]:
+    """Rows of a refused holder's order, and HOT ledger rows under its fence: (0, 0) if none."""
+    row = scalar_rows(
+        engine,
+        "SELECT (SELECT count(*) FROM orders WHERE id = CAST(:id AS uuid)),"
+        # Fences count per SKU: only HOT's ledger can hold a trace of the stale lease.
+        " (SELECT count(*) FROM stock_movements WHERE sku = 'HOT' AND fence = :fence)",
+        id=payload["order_id"],
+        fence=fence,
+    )[0]
+    return int(row[0]), int(row[1])
+
+
+def retry_by_the_workers(sale: FlashSale, payload: Mapping[str, object]) -> None:
+    """Hand a refused holder's order to the workers, as its task's retry would."""
+    with producer(sale.broker_url) as app:
+        enqueue(app, [payload])
+    sale.ids.append(str(payload["order_id"]))
 
 
 def test_a_stale_holder_is_refused_by_the_database_guard(
@@ -89,17 +110,8 @@ def test_a_stale_holder_is_refused_by_the_database_guard(
         refusal = wake_up_and_settle(observer, stale, payload)
     finally:
         redlock.close()
-    left_behind = scalar_rows(
-        observer,
-        "SELECT (SELECT count(*) FROM orders WHERE id = CAST(:id AS uuid)),"
-        # Fences count per SKU: only HOT's ledger can hold a trace of the stale lease.
-        " (SELECT count(*) FROM stock_movements WHERE sku = 'HOT' AND fence = :fence)",
-        id=payload["order_id"],
-        fence=stale.fence,
-    )[0]
-    with producer(sale.broker_url) as app:  # the stale holder's task, retried
-        enqueue(app, [payload])
-    sale.ids.append(str(payload["order_id"]))
+    left_behind = traces_of(observer, payload, stale.fence)
+    retry_by_the_workers(sale, payload)
     result = sale.finish()
     violations = fence_violations(observer)
     reliability.record(

@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from tests.chaos.figures import assert_sound, scalar_rows
 from tests.chaos.harness import SHORT_LIMITS, FlashSale, broker_backlog, drain, log_lines
 from tests.chaos.report import Recorder
+from tests.spawners import kill_worker
 from worker.demo.stack import LocalStack, WorkerProcess
 
 POOL_KILLS = 6
@@ -76,7 +77,7 @@ def test_pool_processes_killed_mid_task(
 
 def crash_and_replace(stack: LocalStack) -> tuple[int, float]:
     """SIGKILL the second worker whole, start a fresh one; return its unacked count and when."""
-    stack.kill_worker(stack.workers[1])
+    kill_worker(stack.workers[1])
     crashed_at = time.monotonic()
     orphans = broker_backlog(stack)[1]
     stack.start_worker(concurrency=2, extra_env=SHORT_LIMITS)

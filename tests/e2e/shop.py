@@ -6,11 +6,10 @@ processes); the client sends ``tasks.place_order`` by name, as a web app would.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 from celery import Celery
@@ -20,9 +19,8 @@ from tasks.models import Product
 from tasks.validation import TASK_NAME
 from tests.domain import order_row
 from tests.sale import producer, seed_products, wait_until_decided
+from tests.waiting import wait_for
 from worker.demo.stack import LocalStack
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -84,24 +82,6 @@ class Shop:
 
     def worker_log(self) -> str:
         return "".join(worker.log() for worker in self.stack.workers)
-
-
-def wait_for(
-    check: Callable[[], T], what: str, *, timeout_s: float = 60.0, settle_s: float = 0.0
-) -> T:
-    """Poll ``check`` until it returns something truthy (twice, ``settle_s`` apart)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            if not settle_s:
-                return result
-            time.sleep(settle_s)
-            again = check()
-            if again:
-                return again
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @contextmanager

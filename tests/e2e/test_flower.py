@@ -7,10 +7,9 @@ that neither password reaches Flower's pages.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from sqlalchemy import Engine
 
 from tasks.producer import submit_order
 from tests.sale import seed_products, wait_until_decided
+from tests.waiting import wait_for
 from worker.demo.flower import basic_auth_header, flower_command, wait_until_answering
 from worker.demo.redis_server import RedisServer, free_port
 from worker.demo.shoppers import web_client
@@ -50,17 +50,6 @@ def _get(url: str, credentials: str | None = CREDENTIALS) -> tuple[int, str]:
         return int(error.code), error.read().decode(errors="replace")
 
 
-def _poll(what: str, probe: Callable[[], Any], timeout_s: float = POLL_TIMEOUT_S) -> Any:
-    """Call ``probe`` until it returns something truthy; fail after ``timeout_s`` seconds."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.25)
-    raise AssertionError(f"{what}: not seen within {timeout_s} s")
-
-
 @pytest.mark.slow
 def test_flower_shows_worker_and_order_to_authenticated_users_only(
     secured_stack: LocalStack, engine: Engine
@@ -81,7 +70,9 @@ def test_flower_shows_worker_and_order_to_authenticated_users_only(
         workers = json.loads(body) if status == 200 else {}
         return workers if any(name.startswith(f"{worker.name}@") for name in workers) else None
 
-    workers_body = json.dumps(_poll("worker in /api/workers", worker_listed))
+    workers_body = json.dumps(
+        wait_for(worker_listed, "worker in /api/workers", timeout_s=POLL_TIMEOUT_S)
+    )
 
     app = web_client(stack.env["CELERY_BROKER_URL"], send_sent_events=True)
     try:
@@ -100,7 +91,7 @@ def test_flower_shows_worker_and_order_to_authenticated_users_only(
                 return dict(task)
         return None
 
-    task = _poll("order task SUCCESS in /api/tasks", order_task)
+    task = wait_for(order_task, "order task SUCCESS in /api/tasks", timeout_s=POLL_TIMEOUT_S)
     assert task["name"] == "tasks.place_order"
     kwargs = str(task["kwargs"])
     assert "flower-customer" in kwargs and "FLOWER-SKU" in kwargs and "quantity" in kwargs

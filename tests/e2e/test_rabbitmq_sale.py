@@ -16,9 +16,9 @@ from sqlalchemy import Engine
 
 from tasks.producer import submit_order
 from tests.domain import payload, stock
-from tests.e2e.shop import wait_for
 from tests.rabbitmq import queue_backlog, queue_type
 from tests.sale import check_invariants, random_carts, seed_products, wait_until_decided
+from tests.waiting import wait_for
 from worker import create_app
 from worker.demo.stack import LocalStack
 from worker.settings import Settings

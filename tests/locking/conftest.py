@@ -20,7 +20,8 @@ import redis
 
 from locking import Redlock
 from tests.locking._support import MakeRedlock
-from worker.demo.redis_server import RedisServer, redis_servers
+from tests.spawners import redis_servers, thaw_server
+from worker.demo.redis_server import RedisServer
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def _make_whole(server: RedisServer) -> None:
     if server.process is None:
         server.start()
     else:
-        server.thaw()
+        thaw_server(server)
     client = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=10)
     try:
         # Drop the connections of earlier tests first (with whatever they still had

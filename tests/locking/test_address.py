@@ -16,7 +16,8 @@ from locking import (
     redact_url,
 )
 from tests.locking._support import MakeRedlock
-from worker.demo.redis_server import RedisServer, redis_servers
+from tests.spawners import redis_servers
+from worker.demo.redis_server import RedisServer
 
 SECRET = "s3cret"
 WRONG = "wr0ng-hunter2"

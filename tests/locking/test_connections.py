@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -16,8 +17,9 @@ import redis
 from locking import NO_RETRY, NODE_ERROR_KINDS, NodeAddress, NodeError, Redlock, ReleaseOutcome
 from locking.node import Node
 from locking.protocol import encode_command
-from tests.locking._support import MakeRedlock
-from worker.demo.redis_server import RedisServer, free_port, redis_servers
+from tests.locking._support import MakeRedlock, held_by
+from tests.spawners import freeze_server, redis_servers, thaw_server
+from worker.demo.redis_server import RedisServer, free_port
 
 UNRESOLVABLE = "redis://lock-node.invalid:6379"
 #: Generous: one per-node timeout (200 ms) plus scheduling noise on a loaded host.
@@ -27,10 +29,6 @@ BOUND_S = 0.6
 def kill_lock_connections(clients: list[redis.Redis]) -> None:
     for client in clients:
         client.client_kill_filter(_type="normal", skipme=True)
-
-
-def keys_left(clients: list[redis.Redis], key: str) -> list[bytes | None]:
-    return [client.get(key) for client in clients]
 
 
 def collector() -> tuple[list[NodeError], Callable[[NodeError], None]]:
@@ -47,7 +45,7 @@ def test_an_acquire_after_every_node_killed_its_connections_succeeds(
     redlock.release(redlock.acquire("warm", ttl_ms=1000))
     kill_lock_connections(clients)
     lease = redlock.acquire("k", ttl_ms=2000, retry=NO_RETRY)
-    assert keys_left(clients, "redlock:k") == [lease.token.encode()] * 3
+    assert held_by(clients, "redlock:k") == [lease.token.encode()] * 3
     assert redlock.release(lease) is ReleaseOutcome.RELEASED
 
 
@@ -58,9 +56,9 @@ def test_a_release_without_confirmation_is_not_lost_into_a_closed_connection(
     kill_lock_connections(clients)
     assert redlock.release(lease, confirm=False) is ReleaseOutcome.SENT
     deadline = time.monotonic() + 2.0
-    while any(keys_left(clients, "redlock:k")) and time.monotonic() < deadline:
+    while any(held_by(clients, "redlock:k")) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert keys_left(clients, "redlock:k") == [None] * 3
+    assert held_by(clients, "redlock:k") == [None] * 3
 
 
 def test_connections_closed_by_the_server_idle_timeout_are_replaced(
@@ -78,7 +76,7 @@ def test_connections_closed_by_the_server_idle_timeout_are_replaced(
         else:
             pytest.fail("the servers never closed the idle connections")
         lease = redlock.acquire("k", ttl_ms=2000, retry=NO_RETRY)
-        assert keys_left(clients, "redlock:k") == [lease.token.encode()] * 3
+        assert held_by(clients, "redlock:k") == [lease.token.encode()] * 3
         assert redlock.release(lease) is ReleaseOutcome.RELEASED
     finally:
         for client in clients:
@@ -169,11 +167,11 @@ def test_a_full_send_buffer_suspects_the_node(lock_nodes: list[RedisServer]) -> 
     try:
         assert node.send(encode_command(["PING"])) is None
         assert node.read(time.monotonic() + 1.0) == b"PONG"
-        lock_nodes[0].freeze()
+        freeze_server(lock_nodes[0])
         try:  # more than any socket buffer holds, to a node that reads nothing
             error = node.send(encode_command(["SET", "big", b"0" * 64_000_000]))
         finally:
-            lock_nodes[0].thaw()
+            thaw_server(lock_nodes[0])
         assert node.is_suspect(time.monotonic())
         assert not node.connected  # part of the command left: the connection cannot stay
         assert isinstance(error, NodeError) and error.kind == "timeout"
@@ -213,22 +211,18 @@ def ping_error(redlock: Redlock, name: str) -> NodeError:
     return error
 
 
+def test_the_readme_lists_every_node_error_kind() -> None:
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
+    listed = ", ".join(f"`{kind}`" for kind in NODE_ERROR_KINDS)
+    assert readme.count(listed) == 2, "README's metrics table and lock errors list"
+
+
 def test_node_error_kinds(
     make_redlock: MakeRedlock,
     node_urls: list[str],
     lock_nodes: list[RedisServer],
     closing_port: int,
 ) -> None:
-    assert NODE_ERROR_KINDS == (
-        "timeout",
-        "refused",
-        "unresolvable",
-        "closed",
-        "auth",
-        "protocol",
-        "redis_error",
-        "io",
-    )
     refused = f"127.0.0.1:{free_port()}"
     closing = f"127.0.0.1:{closing_port}"
     redlock = make_redlock(
@@ -244,11 +238,11 @@ def test_node_error_kinds(
         )
         assert ping_error(wrong, f"127.0.0.1:{secured.port}").kind == "auth"
     frozen = make_redlock(connect_timeout_ms=100, read_timeout_ms=100)
-    lock_nodes[0].freeze()
+    freeze_server(lock_nodes[0])
     try:
         error = ping_error(frozen, f"127.0.0.1:{lock_nodes[0].port}")
     finally:
-        lock_nodes[0].thaw()
+        thaw_server(lock_nodes[0])
     assert error.kind == "timeout" and error.timed_out
     assert NodeError("n", "r", timed_out=True).kind == "timeout"
     with pytest.raises(ValueError):

@@ -29,7 +29,8 @@ from locking import (
     RetryPolicy,
 )
 from tests.locking._support import FOREIGN, MakeRedlock
-from worker.demo.redis_server import RedisServer, free_port, redis_servers
+from tests.spawners import freeze_server, kill_server, redis_servers, thaw_server
+from worker.demo.redis_server import RedisServer, free_port
 
 
 @contextlib.contextmanager
@@ -37,11 +38,11 @@ def frozen(*servers: RedisServer) -> Iterator[None]:
     """SIGSTOP the servers for the block; always SIGCONT them again."""
     try:
         for server in servers:
-            server.freeze()
+            freeze_server(server)
         yield
     finally:
         for server in servers:
-            server.thaw()
+            thaw_server(server)
 
 
 def timed(call: Callable[[], object]) -> tuple[object, float]:
@@ -72,7 +73,7 @@ def test_one_killed_node_still_acquires_and_releases(
 ) -> None:
     if connect_first:  # the dead node's connection is then broken, not refused
         redlock.release(redlock.acquire("k", ttl_ms=2000))
-    lock_nodes[1].kill()
+    kill_server(lock_nodes[1])
     for _ in range(5):
         lease = redlock.acquire("k", ttl_ms=2000, retry=NO_RETRY)
         assert [clients[0].get("redlock:k"), clients[2].get("redlock:k")] == [
@@ -87,7 +88,7 @@ def test_two_killed_nodes_raise_quorum_unavailable_in_bounded_time(
 ) -> None:
     dead = [lock_nodes[0], lock_nodes[2]]
     for server in dead:
-        server.kill()
+        kill_server(server)
     started = time.monotonic()
     with pytest.raises(QuorumUnavailable) as caught:
         redlock.acquire("k", ttl_ms=2000)  # the default policy: 10 attempts
@@ -110,7 +111,7 @@ def test_a_restarted_node_is_used_again(
 ) -> None:
     redlock = make_redlock(suspect_ms=100)
     redlock.release(redlock.acquire("k", ttl_ms=2000))
-    lock_nodes[2].kill()
+    kill_server(lock_nodes[2])
     redlock.release(redlock.acquire("k", ttl_ms=2000))  # refused: suspected for 100 ms
     lock_nodes[2].start()
     time.sleep(0.15)

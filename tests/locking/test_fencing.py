@@ -14,6 +14,7 @@ from locking.commands import is_grant, refusal
 from locking.fencing import GENESIS, RECOVERING, Plan, Report, Trust, plan
 from tests.locking import _procs
 from tests.locking._support import FOREIGN, MakeRedlock
+from tests.spawners import freeze_server, kill_server, thaw_server
 from worker.demo.redis_server import RedisServer
 
 
@@ -56,7 +57,7 @@ def test_fence_survives_a_node_restarted_empty(
 ) -> None:
     with redlock.lock("f", ttl_ms=2000, fence=True) as lease:
         last = lease.fence or 0
-    lock_nodes[0].kill()
+    kill_server(lock_nodes[0])
     lock_nodes[0].start()  # no persistence: it comes back without any counter
     for _ in range(5):
         with redlock.lock("f", ttl_ms=2000, fence=True) as lease:
@@ -254,7 +255,7 @@ def test_a_node_restarted_empty_cannot_bring_a_fence_down(
         fences.append(lease.fence)
         first.release(lease)
     assert fences == [2, 3, 4]
-    lock_nodes[0].kill()
+    kill_server(lock_nodes[0])
     time.sleep(2 * ttl_ms / 1000)  # the documented safe procedure: out for 2 x TTL
     lock_nodes[0].start()  # empty
     clients[2].delete("redlock:f")
@@ -304,12 +305,12 @@ def test_without_a_vouching_majority_every_node_must_answer(
     clients[2].set("redlock-fence:f", 7)
     redlock = make_redlock()
     redlock.ping()
-    lock_nodes[2].freeze()
+    freeze_server(lock_nodes[2])
     try:
         with pytest.raises(LockContended):
             redlock.acquire("f", ttl_ms=2000, fence=True, retry=NO_RETRY)
     finally:
-        lock_nodes[2].thaw()
+        thaw_server(lock_nodes[2])
     assert [client.get("redlock:f") for client in clients[:2]] == [None, None]  # released
     time.sleep(1.1)  # node 3 is no longer suspected
     with redlock.lock("f", ttl_ms=2000, fence=True) as lease:

@@ -13,6 +13,7 @@ import redis
 
 from locking import Redlock, ReleaseOutcome
 from tests.locking._support import MakeRedlock
+from tests.spawners import freeze_server, thaw_server
 from worker.demo.redis_server import RedisServer
 
 pytestmark = [
@@ -79,7 +80,7 @@ def test_a_child_forked_while_a_keepalive_round_is_in_flight_does_not_hang(
     it does not exist in the child, which must not inherit the lock held."""
     redlock = make_redlock(read_timeout_ms=600, suspect_ms=1)
     cycle(redlock, "warm", 1)  # connected: the frozen node then costs a read timeout
-    lock_nodes[2].freeze()
+    freeze_server(lock_nodes[2])
     try:
         with redlock.lock("kept", ttl_ms=3000, auto_extend=True):
             # Extensions run every second and each waits 600 ms for the frozen node:
@@ -89,4 +90,4 @@ def test_a_child_forked_while_a_keepalive_round_is_in_flight_does_not_hang(
                 child.join(10)
                 assert child.exitcode == 0, "the child could not use the lock"
     finally:
-        lock_nodes[2].thaw()
+        thaw_server(lock_nodes[2])

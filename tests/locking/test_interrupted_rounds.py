@@ -17,6 +17,7 @@ import redis
 
 from locking import NO_RETRY, LockContended, Redlock, ReleaseOutcome
 from tests.locking._support import MakeRedlock
+from tests.spawners import freeze_server, thaw_server
 from worker.demo.redis_server import RedisServer
 
 
@@ -51,7 +52,7 @@ def test_an_acquire_interrupted_while_a_node_is_frozen_leaves_no_stale_grant(
 ) -> None:
     redlock = make_redlock(read_timeout_ms=200)
     redlock.release(redlock.acquire("warm", ttl_ms=1000))  # connections open
-    lock_nodes[0].freeze()
+    freeze_server(lock_nodes[0])
     try:
         with pytest.raises(Interrupted), interrupt_after(0.01):
             redlock.acquire("k", ttl_ms=1500, retry=NO_RETRY)
@@ -64,7 +65,7 @@ def test_an_acquire_interrupted_while_a_node_is_frozen_leaves_no_stale_grant(
         else:
             assert holders(clients[1:], "redlock:k", lease.token) >= 1, "a stale grant was taken"
     finally:
-        lock_nodes[0].thaw()
+        thaw_server(lock_nodes[0])
     # Once the orphaned keys expired, the lock works normally again.
     time.sleep(1.6)
     lease = redlock.acquire("k", ttl_ms=1500, retry=NO_RETRY)

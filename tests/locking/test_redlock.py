@@ -17,14 +17,11 @@ from locking import (
     ReleaseOutcome,
     RetryPolicy,
 )
-from tests.locking._support import FOREIGN, MakeRedlock
+from tests.locking._support import FOREIGN, MakeRedlock, held_by
+from tests.spawners import kill_server
 from worker.demo.redis_server import RedisServer
 
 SUBSETS = [subset for size in range(4) for subset in itertools.combinations(range(3), size)]
-
-
-def held_by(clients: list[redis.Redis], key: str) -> list[bytes | None]:
-    return [client.get(key) for client in clients]
 
 
 def lock_keys(clients: list[redis.Redis]) -> list[list[bytes]]:
@@ -240,8 +237,8 @@ def test_release_with_two_nodes_gone_is_unconfirmed(
     redlock: Redlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
 ) -> None:
     lease = redlock.acquire("r", ttl_ms=5000)
-    lock_nodes[1].kill()
-    lock_nodes[2].kill()
+    kill_server(lock_nodes[1])
+    kill_server(lock_nodes[2])
     assert redlock.release(lease) is ReleaseOutcome.UNCONFIRMED
     assert clients[0].exists("redlock:r") == 0
 
@@ -274,7 +271,7 @@ def test_a_thousand_cycles_leave_no_lock_key(
 
 def test_ping_reports_each_node(redlock: Redlock, lock_nodes: list[RedisServer]) -> None:
     assert redlock.ping() == dict.fromkeys(redlock.node_names)
-    lock_nodes[0].kill()
+    kill_server(lock_nodes[0])
     pings = redlock.ping()
     assert pings[redlock.node_names[0]] is not None
     assert [pings[name] for name in redlock.node_names[1:]] == [None, None]
@@ -289,8 +286,8 @@ def test_close_then_reuse_reconnects(redlock: Redlock) -> None:
 def test_quorum_unavailable_is_not_contended(
     redlock: Redlock, lock_nodes: list[RedisServer]
 ) -> None:
-    lock_nodes[0].kill()
-    lock_nodes[2].kill()
+    kill_server(lock_nodes[0])
+    kill_server(lock_nodes[2])
     with pytest.raises(QuorumUnavailable) as caught:
         redlock.acquire("r", ttl_ms=1000, retry=NO_RETRY)
     assert not isinstance(caught.value, LockContended)

@@ -12,6 +12,7 @@ import redis
 import locking.node
 from locking import Redlock, ReleaseOutcome
 from tests.locking._support import FOREIGN, MakeRedlock
+from tests.spawners import freeze_server, kill_server, thaw_server
 from worker.demo.redis_server import RedisServer
 
 
@@ -67,7 +68,7 @@ def test_a_dead_first_node_makes_the_wait_use_the_next_one(
     make_redlock: MakeRedlock, lock_nodes: list[RedisServer]
 ) -> None:
     holder, waiter = make_redlock(), make_redlock()
-    lock_nodes[0].kill()
+    kill_server(lock_nodes[0])
     holder.release(holder.acquire("w", ttl_ms=1000))  # a quorum of two still works
     started = time.monotonic()
     assert waiter.wait_released("w", timeout_ms=5000) is True
@@ -78,7 +79,7 @@ def test_with_every_node_down_the_wait_still_lasts_its_timeout(
     redlock: Redlock, lock_nodes: list[RedisServer]
 ) -> None:
     for node in lock_nodes:
-        node.kill()
+        kill_server(node)
     started = time.monotonic()
     assert redlock.wait_released("w", timeout_ms=150) is False
     assert time.monotonic() - started >= 0.14
@@ -125,11 +126,11 @@ def test_a_release_wakes_a_waiter_on_a_node_the_holder_skipped(
     holder, waiter = make_redlock(), make_redlock()
     holder.ping()
     waiter.wait_released("w", timeout_ms=1)  # connects
-    lock_nodes[0].freeze()
+    freeze_server(lock_nodes[0])
     try:
         holder.ping()  # node 0 times out: the holder suspects it for a second
     finally:
-        lock_nodes[0].thaw()
+        thaw_server(lock_nodes[0])
     lease = holder.acquire("w", ttl_ms=30_000)
     assert clients[0].get("redlock:w") is None  # skipped
     releaser = threading.Timer(0.05, holder.release, args=(lease,))

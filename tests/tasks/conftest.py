@@ -16,9 +16,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from tasks.db import create_db_engine, session_factory
-from tasks.migrate import upgrade
 from tasks.store import OrderStore, StoreOptions
 from tasks.validation import OrderRequest
+from tests.domain import migrated_database_url
 from tests.domain import record as record_order
 from worker.wiring import build_store
 
@@ -29,12 +29,7 @@ MakeStore = Callable[..., OrderStore]
 @pytest.fixture(params=["postgresql", "sqlite"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """An engine on a fresh, migrated database: PostgreSQL, then a SQLite file."""
-    if request.param == "postgresql":
-        url = request.getfixturevalue("database_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'orders.sqlite3'}"
-        upgrade(url)
-    engine = create_db_engine(url)
+    engine = create_db_engine(migrated_database_url(request, request.param, tmp_path))
     yield engine
     engine.dispose()
 

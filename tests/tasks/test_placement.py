@@ -19,6 +19,7 @@ from tasks.placement import LockPolicy, OrderPlacer
 from tests.domain import fences, movements, order_row, request, settle_now, status, stock
 from tests.locks import lock_fences, lock_values
 from tests.sale import seed_products
+from tests.spawners import kill_server
 from tests.tasks.conftest import MakeStore, Record
 from worker.demo.redis_server import RedisServer
 
@@ -227,8 +228,8 @@ def test_an_order_that_cannot_reach_a_lock_quorum_is_recorded_then_failed(
     placer: OrderPlacer, engine: Engine, lock_nodes: list[RedisServer]
 ) -> None:
     seed_products(engine, {"A": 5})
-    lock_nodes[0].kill()
-    lock_nodes[1].kill()
+    kill_server(lock_nodes[0])
+    kill_server(lock_nodes[1])
     order = request({"A": 1})
     with pytest.raises(TryLater):
         placer.place(order)
@@ -290,7 +291,7 @@ def test_orders_for_unknown_skus_leave_nothing_on_the_lock_nodes(
     assert lasting_keys(lock_nodes) == [[]] * 3
     assert stock(engine) == {"A": 5}
     assert outcome(placer.place(request({"A": 1}))) == (OrderStatus.CONFIRMED, None)
-    # The counter of the real SKU, and each node's one fencing status key (locking.fencing).
+    # A's fence counter, and each node's fence status key (locking/fencing.py).
     assert lasting_keys(lock_nodes) == [[b"redlock-fence:", b"redlock-fence:sku:A"]] * 3
 
 

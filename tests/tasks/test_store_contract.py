@@ -13,11 +13,10 @@ import pytest
 
 from tasks.db import create_db_engine
 from tasks.errors import OrderConflict, OverBudget, StaleFence
-from tasks.migrate import upgrade
 from tasks.models import OrderStatus
 from tasks.store import OrderStore, StepResult, StoreOptions
 from tasks.validation import OrderRequest
-from tests.domain import request
+from tests.domain import migrated_database_url, request
 from tests.fakes import InMemoryOrderStore
 from tests.sale import seed_products
 from worker.wiring import build_store
@@ -34,12 +33,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeS
     def make(products: Mapping[str, int]) -> OrderStore:
         if request.param == "memory":
             return InMemoryOrderStore(products=products, options=OPTIONS)
-        if request.param == "postgresql":
-            url = request.getfixturevalue("database_url")
-        else:
-            url = f"sqlite:///{tmp_path / 'orders.sqlite3'}"
-            upgrade(url)
-        engine = create_db_engine(url)
+        engine = create_db_engine(migrated_database_url(request, request.param, tmp_path))
         seed_products(engine, products)
         store = build_store(engine, OPTIONS)
         disposers.extend([store.dispose, engine.dispose])

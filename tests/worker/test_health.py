@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.spawners import kill_server
 from tests.worker.test_cli import flashsale
 from worker.demo.redis_server import RedisServer, free_port
 
@@ -26,7 +27,7 @@ def test_one_lock_node_down_fails_strict_and_warns_otherwise(
     broker: RedisServer, lock_nodes: list[RedisServer], database_url: str
 ) -> None:
     env = env_of(broker, lock_nodes, database_url)
-    lock_nodes[1].kill()
+    kill_server(lock_nodes[1])
     down = f"lock node unreachable: lock node 127.0.0.1:{lock_nodes[1].port}"
     strict = flashsale("check", "--strict", env=env)
     assert strict.returncode == 1
@@ -42,8 +43,8 @@ def test_no_quorum_fails_with_or_without_strict(
     broker: RedisServer, lock_nodes: list[RedisServer], database_url: str
 ) -> None:
     env = env_of(broker, lock_nodes, database_url)
-    lock_nodes[0].kill()
-    lock_nodes[2].kill()
+    kill_server(lock_nodes[0])
+    kill_server(lock_nodes[2])
     for args in (("check",), ("check", "--strict")):
         done = flashsale(*args, env=env)
         assert done.returncode == 1
@@ -81,7 +82,7 @@ def test_json_log_format_for_the_cli(
 ) -> None:
     import json
 
-    lock_nodes[0].kill()
+    kill_server(lock_nodes[0])
     env = {**env_of(broker, lock_nodes, database_url), "LOG_FORMAT": "json"}
     done = flashsale("db", "upgrade", env=env)
     assert done.returncode == 0, done.stderr

@@ -12,14 +12,13 @@ import importlib.util
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, func, select
 
 from tasks.models import Order
-from tasks.store import StoreOptions
 from tests.domain import payload
 from tests.sale import enqueue, producer, seed_products, wait_until_decided
+from tests.spawners import kill_server, stop_worker
+from tests.waiting import wait_for
 from worker.demo.redis_server import free_port
 from worker.demo.stack import LocalStack, WorkerProcess
 from worker.metrics import multiprocess_dir as metrics_dir
@@ -57,17 +57,6 @@ def scrape(port: int) -> Samples:
 def value(samples: Samples, name: str, **labels: str) -> float | None:
     """Return one sample's value (None when absent)."""
     return samples.get((name, tuple(sorted(labels.items()))))
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout_s: float) -> Any:
-    """Poll ``probe`` every 0.2 s until it returns a truthy value; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = probe()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout_s} s")
 
 
 def start_metrics_worker(stack: LocalStack, **env: str) -> tuple[WorkerProcess, int]:
@@ -149,7 +138,9 @@ def exporter(stack: LocalStack) -> Iterator[int]:
     process = stack.start_process(
         [FLASHSALE, "exporter", "--port", str(port), "--host", "127.0.0.1"], log_name="exp.log"
     )
-    wait_for("exporter answering", lambda: _answers(port) or process.poll() is not None, 30)
+    wait_for(
+        lambda: _answers(port) or process.poll() is not None, "exporter answering", timeout_s=30
+    )
     assert process.poll() is None, (stack.workdir / "exp.log").read_text()
     yield port
 
@@ -195,17 +186,14 @@ def test_every_metric_of_the_rules_and_the_dashboard_is_exported(
 def test_open_orders_come_from_the_exporter(stack: LocalStack, exporter: int) -> None:
     # No worker runs: the enqueued orders stay open in the broker, and one that a
     # previous delivery recorded as pending is open in the database.
-    from tasks.db import create_db_engine
-    from tests.domain import request
-    from worker.wiring import build_store
+    from tasks.db import create_db_engine, session_factory
+    from tests.domain import record
 
     engine = create_db_engine(stack.env["DATABASE_URL"])
-    store = build_store(engine, StoreOptions())
     try:
         seed_products(engine, {"A": 5})
-        store.record(request({"A": 1}))  # pending: a delivery recorded it, nothing settled it
+        record(session_factory(engine), {"A": 1})
     finally:
-        store.dispose()
         engine.dispose()
     samples = scrape(exporter)
     assert value(samples, "flashsale_open_orders", status="pending") == 1
@@ -240,9 +228,9 @@ def test_a_killed_lock_node_is_seen_logged_once_and_sales_go_on(
             and state in e["message"]
         ]
 
-    victim.kill()
+    kill_server(victim)
     killed_at = time.monotonic()
-    wait_for("node_up 0 for the killed node", lambda: node_up()[victim_name] == 0, 10)
+    wait_for(lambda: node_up()[victim_name] == 0, "node_up 0 for the killed node", timeout_s=10)
     assert time.monotonic() - killed_at < 10
     assert node_up() == {name: 0.0 if name == victim_name else 1.0 for name in nodes}
 
@@ -263,7 +251,7 @@ def test_a_killed_lock_node_is_seen_logged_once_and_sales_go_on(
     assert [e["level"] for e in probe_lines("is down")] == ["WARNING"]
 
     victim.start()
-    wait_for("node_up back to 1", lambda: node_up()[victim_name] == 1, 10)
+    wait_for(lambda: node_up()[victim_name] == 1, "node_up back to 1", timeout_s=10)
     time.sleep(2.5)  # a probe period more: still one line each way
     assert [e["level"] for e in probe_lines("is up again")] == ["INFO"]
     assert len(probe_lines("is down")) == 1
@@ -357,19 +345,11 @@ def test_the_exporter_says_when_the_database_is_down(tmp_path: Path) -> None:
     with (tmp_path / "exporter.log").open("wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        samples = wait_for("exporter answering", lambda: _answers(port) and scrape(port), 30)
+        samples = wait_for(
+            lambda: scrape(port) if _answers(port) else None, "exporter answering", timeout_s=30
+        )
         assert value(samples, "flashsale_exporter_database_up") == 0
         assert not [name for name, _ in samples if name.startswith("flashsale_open_orders")]
     finally:
         process.terminate()
         process.wait(timeout=10)
-
-
-def stop_worker(worker: WorkerProcess, timeout_s: float = 15.0) -> None:
-    """Warm-shutdown one worker (TERM to its process group), SIGKILL it if it hangs."""
-    os.killpg(worker.process.pid, signal.SIGTERM)
-    try:
-        worker.process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(worker.process.pid, signal.SIGKILL)
-        worker.process.wait()

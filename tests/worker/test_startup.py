@@ -20,7 +20,8 @@ from sqlalchemy import Engine
 from tasks.db import create_db_engine
 from tests.domain import payload, status, stock
 from tests.sale import enqueue, producer, seed_products, wait_until_decided
-from worker.demo.redis_server import RedisServer, redis_servers
+from tests.spawners import redis_servers
+from worker.demo.redis_server import RedisServer
 from worker.demo.stack import LocalStack
 from worker.settings import Settings
 from worker.signals import startup_problems

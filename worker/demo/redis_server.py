@@ -1,7 +1,8 @@
 """Spawn and stop throw-away ``redis-server`` processes on free loopback ports.
 
 The demo, the tests and the benchmarks start their own lock nodes (and the demo
-its own broker) with this; nothing here is used by a production worker.
+its own broker) with this; nothing here is used by a production worker. The faults
+only tests inject (kill, freeze, thaw) are in the test suite, not here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from locking.protocol import encode_command
@@ -100,7 +100,7 @@ class RedisServer:
         if process is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGCONT)
+            process.send_signal(signal.SIGCONT)  # a frozen (SIGSTOPped) server ignores TERM
             process.terminate()
         try:
             process.wait(timeout=5)
@@ -110,25 +110,6 @@ class RedisServer:
         if process.stderr is not None:
             process.stderr.close()
         self.process = None
-
-    def kill(self) -> None:
-        """SIGKILL the server, as a crash would."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            if self.process.stderr is not None:
-                self.process.stderr.close()
-            self.process = None
-
-    def freeze(self) -> None:
-        """SIGSTOP the server: it keeps its sockets but answers nothing (a black hole)."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        """SIGCONT a frozen server."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
 
     def cleanup(self) -> None:
         """Stop the server and delete its data directory."""
@@ -166,16 +147,3 @@ def _answers_ping(port: int, password: str | None) -> bool:
             return True
     except OSError:
         return False
-
-
-@contextlib.contextmanager
-def redis_servers(count: int, **kwargs: object) -> Iterator[list[RedisServer]]:
-    """Start ``count`` independent servers and clean them all up on exit."""
-    servers: list[RedisServer] = []
-    try:
-        for _ in range(count):
-            servers.append(RedisServer(**kwargs).start())  # type: ignore[arg-type]
-        yield servers
-    finally:
-        for server in servers:
-            server.cleanup()

@@ -144,12 +144,6 @@ class LocalStack:
         self.others.append(process)
         return process
 
-    def kill_worker(self, worker: WorkerProcess) -> None:
-        """SIGKILL a worker and all its pool processes at once, as a machine crash would."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(worker.process.pid, signal.SIGKILL)
-        worker.process.wait()
-
     def stop(self) -> None:
         """Stop every child: workers and others first, then broker and lock nodes."""
         for worker in self.workers:
@@ -157,9 +151,9 @@ class LocalStack:
             with contextlib.suppress(ProcessLookupError):
                 worker.process.terminate()
         for worker in self.workers:
-            _stop_group(worker.process, 10.0)
+            stop_group(worker.process, 10.0)
         for process in self.others:
-            _stop_group(process, 5.0)
+            stop_group(process, 5.0)
         for server in [*self.lock_nodes, *([self.broker] if self.broker else [])]:
             server.cleanup()
 
@@ -174,7 +168,8 @@ def _consuming(worker: WorkerProcess, broker_url: str) -> bool:
     return bool(replies)
 
 
-def _stop_group(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+def stop_group(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Stop a child and its process group: TERM, then KILL after ``timeout_s`` seconds."""
     if process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):

@@ -1,0 +1,82 @@
+"""Defects found by the adversarial review of the lock, each reproduced on real nodes.
+
+Every test here fails on the code it was written against and is marked
+``xfail(strict=True)`` with the defect's name: the suite stays green, and a fix
+turns the mark into an error that asks for its removal.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from locking import NO_RETRY, Redlock, RetryPolicy
+from tests.locking._support import MakeRedlock
+from worker.demo.redis_server import RedisServer
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="liveness: a NOSCRIPT reply (script cache flushed on the node: SCRIPT FLUSH, "
+    "or a connection that outlived the node's script cache) is never repaired; every "
+    "EVALSHA on that connection fails until something else replaces it",
+)
+def test_a_flushed_script_cache_does_not_lose_the_lock_for_good(
+    redlock: Redlock, clients: list[redis.Redis]
+) -> None:
+    redlock.release(redlock.acquire("warm", ttl_ms=1000, fence=True))  # connections open
+    for client in clients:
+        client.script_flush()
+    retry = RetryPolicy(attempts=3, base_delay_ms=20, max_delay_ms=50)
+    lease = redlock.acquire("k", ttl_ms=2000, fence=True, retry=retry)
+    assert lease.fence is not None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="liveness: a release skips a suspect node whose connection is closed "
+    "(Suspects.SEND), so a waiter blocked on that node (which it trusts) is not woken "
+    "and sleeps its whole timeout; e.g. after the holder met one refused connection",
+)
+def test_a_release_wakes_a_waiter_on_a_node_the_holder_found_refusing(
+    make_redlock: MakeRedlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
+) -> None:
+    holder, waiter = make_redlock(), make_redlock()
+    holder.ping()
+    lock_nodes[0].stop()
+    holder.ping()  # refused: the holder suspects node 0 and has no connection to it
+    lock_nodes[0].start()  # back within the suspicion window (1 s)
+    # The waiter connects to node 0 and trusts it (a generous first wait: a node that
+    # just started can take longer than the read timeout to answer its first login).
+    waiter.wait_released("w", timeout_ms=200)
+    assert waiter._wait_nodes.suspects() == [False] * 3
+    lease = holder.acquire("w", ttl_ms=30_000, retry=NO_RETRY)
+    assert redis.Redis(port=lock_nodes[0].port).get("redlock:w") is None  # skipped
+    releaser = threading.Timer(0.05, holder.release, args=(lease,))
+    started = time.monotonic()
+    releaser.start()
+    try:
+        woken = waiter.wait_released("w", timeout_ms=800)
+    finally:
+        releaser.join()
+    assert woken is True
+    assert time.monotonic() - started < 0.6
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="cosmetic: extend() validates only the lower bound of ttl_ms; a TTL the nodes "
+    "refuse (PEXPIRE overflow) comes back as an error reply from every node and marks a "
+    "live lease lost (LeaseLost) instead of a ValueError that leaves it in place",
+)
+def test_extend_with_a_ttl_the_nodes_refuse_leaves_the_lease_in_place(
+    redlock: Redlock, clients: list[redis.Redis]
+) -> None:
+    lease = redlock.acquire("k", ttl_ms=5000)
+    with pytest.raises(ValueError):
+        redlock.extend(lease, ttl_ms=2**63 - 1)
+    assert lease.is_valid()
+    assert [client.get("redlock:k") for client in clients] == [lease.token.encode()] * 3

@@ -1,0 +1,178 @@
+"""Defects found by the adversarial review of the lock, each reproduced on real nodes.
+
+Every test here fails on the code it was written against and is marked
+``xfail(strict=True)`` with the defect's name: the suite stays green, and a fix
+turns the mark into an error that asks for its removal.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from locking import NO_RETRY, NodeError, Redlock, RetryPolicy
+from tests.locking._support import FOREIGN, MakeRedlock
+from worker.demo.redis_server import RedisServer
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="liveness: a NOSCRIPT reply (script cache flushed on the node: SCRIPT FLUSH, "
+    "or a connection that outlived the node's script cache) is never repaired; every "
+    "EVALSHA on that connection fails until something else replaces it",
+)
+def test_a_flushed_script_cache_does_not_lose_the_lock_for_good(
+    redlock: Redlock, clients: list[redis.Redis]
+) -> None:
+    redlock.release(redlock.acquire("warm", ttl_ms=1000, fence=True))  # connections open
+    for client in clients:
+        client.script_flush()
+    retry = RetryPolicy(attempts=3, base_delay_ms=20, max_delay_ms=50)
+    lease = redlock.acquire("k", ttl_ms=2000, fence=True, retry=retry)
+    assert lease.fence is not None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="liveness: a release skips a suspect node whose connection is closed "
+    "(Suspects.SEND), so a waiter blocked on that node (which it trusts) is not woken "
+    "and sleeps its whole timeout; e.g. after the holder met one refused connection",
+)
+def test_a_release_wakes_a_waiter_on_a_node_the_holder_found_refusing(
+    make_redlock: MakeRedlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
+) -> None:
+    holder = make_redlock()
+    # A read timeout above the node's timer tick (100 ms): the waiter must not suspect
+    # node 0 for a late BLPOP timeout (test_a_wait_that_times_out_is_not_a_node_failure).
+    waiter = make_redlock(connect_timeout_ms=1000, read_timeout_ms=300)
+    holder.ping()
+    lock_nodes[0].stop()
+    holder.ping()  # refused: the holder suspects node 0 and has no connection to it
+    lock_nodes[0].start()  # back within the suspicion window (1 s)
+    waiter.wait_released("w", timeout_ms=1)  # the waiter connects to node 0 and trusts it
+    assert waiter._wait_nodes.suspects() == [False] * 3
+    lease = holder.acquire("w", ttl_ms=30_000, retry=NO_RETRY)
+    assert redis.Redis(port=lock_nodes[0].port).get("redlock:w") is None  # skipped
+    releaser = threading.Timer(0.05, holder.release, args=(lease,))
+    started = time.monotonic()
+    releaser.start()
+    try:
+        woken = waiter.wait_released("w", timeout_ms=800)
+    finally:
+        releaser.join()
+    assert woken is True
+    assert time.monotonic() - started < 0.6
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="cosmetic: extend() validates only the lower bound of ttl_ms; a TTL the nodes "
+    "refuse (PEXPIRE overflow) comes back as an error reply from every node and marks a "
+    "live lease lost (LeaseLost) instead of a ValueError that leaves it in place",
+)
+def test_extend_with_a_ttl_the_nodes_refuse_leaves_the_lease_in_place(
+    redlock: Redlock, clients: list[redis.Redis]
+) -> None:
+    lease = redlock.acquire("k", ttl_ms=5000)
+    with pytest.raises(ValueError):
+        redlock.extend(lease, ttl_ms=2**63 - 1)
+    assert lease.is_valid()
+    assert [client.get("redlock:k") for client in clients] == [lease.token.encode()] * 3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="safety (fencing): the README's operator rule (another node may go once the "
+    "first reads 'recovering') cannot ensure its other condition (not every holder of a "
+    "SKU's last fence loses it before a lease of that SKU wrote back); here both holders "
+    "lose it, the third node still vouches (trusted) for its older counter, plan() calls "
+    "the lower fence backed (trusted > 0, no warning) and the fence goes down (4 then 3)",
+)
+def test_fence_survives_two_losses_one_after_the_other_as_the_readme_allows(
+    make_redlock: MakeRedlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
+) -> None:
+    ttl_ms = 300
+    redlock = make_redlock(read_timeout_ms=100, suspect_ms=200)
+    with redlock.lock("r", ttl_ms=ttl_ms, fence=True):
+        pass  # genesis: every node trusted, counter 1 everywhere
+    lock_nodes[2].freeze()
+    try:
+        for _ in range(3):  # node 2 is silent, then skipped: nodes 0 and 1 hold the fences
+            with redlock.lock("r", ttl_ms=ttl_ms, fence=True) as lease:
+                last = lease.fence or 0
+    finally:
+        lock_nodes[2].thaw()
+    # Node 2 ran only the first, timed-out request late: its counter stays lower.
+    assert int(clients[2].get("redlock-fence:r") or 0) < last
+    time.sleep(0.3)  # node 2's suspicion ends
+    # Node 0 loses its state and stays out longer than any lease.
+    lock_nodes[0].kill()
+    time.sleep(2 * ttl_ms / 1000)
+    lock_nodes[0].start()
+    with redlock.lock("other", ttl_ms=ttl_ms, fence=True):
+        pass  # a fenced lease reaches node 0: it reads "recovering", as the README asks
+    assert redis.Redis(port=lock_nodes[0].port).get("redlock-fence:") == b"recovering"
+    # Now node 1 may go, by the README's rule.
+    lock_nodes[1].kill()
+    time.sleep(2 * ttl_ms / 1000)
+    lock_nodes[1].start()
+    time.sleep(0.3)  # the lock's suspicion of nodes 0 and 1 (refused connections) ends
+    lease = redlock.acquire("r", ttl_ms=ttl_ms, fence=True, retry=NO_RETRY)
+    assert lease.fence is not None and lease.fence > last, (lease.fence, last)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="safety (fencing): a node that has no status yet (new, never reached by a "
+    "fenced lease) plus ONE node that loses its state make a majority without status, "
+    "which plan() takes for a new cluster (GENESIS, counters trusted from 0) without "
+    "reading the third node: the fence restarts at 1. The README's rule ('one node at a "
+    "time') omits fencing.py's 'every node has a status' condition",
+)
+def test_fence_survives_one_loss_while_a_late_joining_node_has_no_status(
+    make_redlock: MakeRedlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
+) -> None:
+    ttl_ms = 300
+    redlock = make_redlock(read_timeout_ms=100, suspect_ms=200)
+    lock_nodes[2].stop()  # node 2 is down when the cluster starts
+    try:
+        for _ in range(4):
+            with redlock.lock("r", ttl_ms=ttl_ms, fence=True) as lease:
+                last = lease.fence or 0
+    finally:
+        lock_nodes[2].start()  # it joins empty, with no status yet
+    assert last == 4
+    # One node loses its state (the first loss: the README asks nothing before it).
+    lock_nodes[0].kill()
+    time.sleep(2 * ttl_ms / 1000)
+    lock_nodes[0].start()
+    time.sleep(0.3)  # suspicions end
+    lock_nodes[1].freeze()  # node 1, the one that kept the fences, is slow right now
+    try:
+        lease = redlock.acquire("r", ttl_ms=ttl_ms, fence=True, retry=NO_RETRY)
+    finally:
+        lock_nodes[1].thaw()
+    assert lease.fence is not None and lease.fence > last, (lease.fence, last)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="observability/liveness: a wait that simply times out is reported as a node "
+    "failure. The node answers BLPOP's timeout up to one server tick (1000/hz = 100 ms) "
+    "late, past the wait's read deadline (timeout + read_timeout_ms): the node is marked "
+    "down (WARNING, on_node_error 'timeout', error metric) and suspect, and with every node "
+    "suspect the waits stop blocking on nodes at all (no wake-up can reach them)",
+)
+def test_a_wait_that_times_out_is_not_a_node_failure(
+    make_redlock: MakeRedlock, clients: list[redis.Redis]
+) -> None:
+    for client in clients:
+        client.set("redlock:w", FOREIGN, px=30_000)  # held elsewhere: nobody releases
+    errors: list[NodeError] = []
+    waiter = make_redlock(on_node_error=errors.append)
+    for _ in range(20):
+        assert waiter.wait_released("w", timeout_ms=20) is False
+    assert errors == []

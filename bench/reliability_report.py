@@ -98,8 +98,9 @@ SCENARIOS = {
     "only, for 2 s; nothing may be decided from one TTL and 0.5 s after the cut (a "
     "lease granted before it may still be used) until the heal; the first "
     "order decided and the first probe lease must come within 2 s of the heal. Control: "
-    "node 2, the only node A and B share, is wiped every 30 ms: the lease check must "
-    "find overlaps.",
+    "node 2, the only node A and B share, is wiped every 30 ms and the probes take "
+    "unfenced leases (a fenced acquire is refused while node 2 has no fencing status): "
+    "the lease check must find overlaps.",
     "11": "The workers reach the broker through a TCP proxy (the producer connects "
     "directly); while orders arrive at 20/s, the proxy drops every worker connection "
     "4 times at once, and 4 times resets them and refuses new ones for 1 s, 3 s, 1 s "

@@ -88,8 +88,9 @@ def probe(
     ttl_ms: int,
     hold_s: float,
     pause_s: float,
+    fenced: bool,
 ) -> None:
-    """Take and release fenced leases on ``resource`` until ``stop_path`` exists.
+    """Take and release leases on ``resource`` until ``stop_path`` exists.
 
     Each lease held is one JSON line in ``out_path`` (the fields of `Hold`); the
     last line counts the attempts that got no lease (``{"refused": n}``).
@@ -97,6 +98,7 @@ def probe(
     :param ttl_ms: lease TTL.
     :param hold_s: how long each lease is held.
     :param pause_s: the pause after each release (and each refusal).
+    :param fenced: take fenced leases (as the workers do).
     """
     redlock = Redlock(urls)
     refused = 0
@@ -105,7 +107,9 @@ def probe(
         with open(out_path, "a") as out:
             while not Path(stop_path).exists() and time.monotonic() < deadline_s:
                 try:
-                    lease = redlock.acquire(resource, ttl_ms=ttl_ms, fence=True, retry=PROBE_RETRY)
+                    lease = redlock.acquire(
+                        resource, ttl_ms=ttl_ms, fence=fenced, retry=PROBE_RETRY
+                    )
                 except NotAcquired:
                     refused += 1
                     time.sleep(pause_s)
@@ -129,6 +133,7 @@ class Probes:
     :param workdir: where each probe writes its records.
     :param resource: the lock resource every probe contends for.
     :param ttl_ms: lease TTL of the probes.
+    :param fenced: whether the probes take fenced leases, as the workers do.
     """
 
     def __init__(
@@ -139,6 +144,7 @@ class Probes:
         ttl_ms: int = 1000,
         hold_s: float = 0.005,
         pause_s: float = 0.05,
+        fenced: bool = True,
     ) -> None:
         self.workdir = workdir
         self.stop_path = workdir / "probes.stop"
@@ -146,6 +152,7 @@ class Probes:
         self.ttl_ms = ttl_ms
         self.hold_s = hold_s
         self.pause_s = pause_s
+        self.fenced = fenced
         self.refused: dict[str, int] = {}
         self._processes: list[tuple[str, BaseProcess]] = []
         self._context = multiprocessing.get_context("spawn")
@@ -154,7 +161,7 @@ class Probes:
         """Start one probe named ``holder`` that reaches the lock nodes through ``urls``."""
         args = (
             list(urls), self.resource, holder, str(self._out(holder)), str(self.stop_path),
-            self.ttl_ms, self.hold_s, self.pause_s,
+            self.ttl_ms, self.hold_s, self.pause_s, self.fenced,
         )  # fmt: skip
         process = self._context.Process(target=probe, args=args, daemon=True)
         process.start()

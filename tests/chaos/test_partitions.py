@@ -490,12 +490,15 @@ def test_the_lease_check_catches_real_overlaps_when_the_shared_node_forgets(
     """Control: the same probes and check, with node 2 (the only node A and B share) wiped.
 
     Without node 2's memory, A's {1, 2} and B's {2, 3} majorities no longer
-    intersect in a node that remembers the lease: the check must see overlaps.
+    intersect in a node that remembers the lease: the check must see overlaps. The
+    probes take unfenced leases here: a fenced acquire is refused while node 2 has
+    no fencing status and a third node cannot be read (`locking.fencing`), which
+    would leave almost nothing to check.
     """
     group_a, group_b = links
     group_a.partition([3])
     group_b.partition([1])
-    control = Probes(tmp_path, ttl_ms=TTL_MS, hold_s=0.1, pause_s=0.01)
+    control = Probes(tmp_path, ttl_ms=TTL_MS, hold_s=0.1, pause_s=0.01, fenced=False)
     wiped = 0
     try:
         control.start(group_a.urls, "A1")
@@ -510,18 +513,16 @@ def test_the_lease_check_catches_real_overlaps_when_the_shared_node_forgets(
     finally:
         control.kill()
     overlapping = overlaps(holds)
-    inversions = fence_inversions(holds)
     reliability.record(
         SCENARIO,
         f"Control: node 2, shared by A {{1, 2}} and B {{2, 3}}, wiped every 30 ms for "
         f"{CONTROL_S:.0f} s",
         notes=(
-            f"{len(holds)} probe leases, {len(overlapping)} overlaps and {len(inversions)} "
-            "fences out of grant order found: the check sees a broken lock"
+            f"{len(holds)} unfenced probe leases, {len(overlapping)} overlaps found: "
+            "the check sees a broken lock"
         ),
         probe_leases=len(holds),
         overlaps=len(overlapping),
-        fence_inversions=len(inversions),
         wipes=wiped,
     )
     assert overlapping, f"no overlap found in {len(holds)} leases with node 2 wiped"

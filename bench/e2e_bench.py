@@ -40,6 +40,7 @@ from tasks.db import create_db_engine
 from tasks.migrate import upgrade
 from tests.pg import create_database, drop_database
 from tests.sale import enqueue, producer, random_carts, seed_products
+from worker.demo.redis_server import free_port
 from worker.demo.stack import LocalStack
 from worker.demo.stats import percentile
 
@@ -100,7 +101,8 @@ def grid_configs(
     """Return one configuration per combination; the floor runs one scenario only.
 
     :param variants: extra environment of ours, as ``NAME=VALUE`` (one more ``ours``
-        row each), e.g. ``REDLOCK_HANDOFF_MS=0`` or ``BENCH_PATCH=nospin``.
+        row each), e.g. ``REDLOCK_HANDOFF_MS=0``, ``BENCH_PATCH=nospin``, or
+        ``WORKER_METRICS_PORT=auto`` (metrics on, a free port per worker).
     """
     configs = []
     for shape in shapes:
@@ -177,9 +179,15 @@ def run_one(config: Config, orders: int, paced_rate: float) -> dict[str, Any]:
             if config.feed == "prefilled":
                 ids = enqueue(producer(broker.url), batch)
             for _ in range(config.workers):
+                # WORKER_METRICS_PORT=auto: each worker serves /metrics on a port of its own.
+                ports = (
+                    {"WORKER_METRICS_PORT": str(free_port())}
+                    if extra.get("WORKER_METRICS_PORT") == "auto"
+                    else {}
+                )
                 stack.start_worker(
                     concurrency=config.processes,
-                    extra_env=extra,
+                    extra_env=extra | ports,
                     app_module=config.app_module,
                     wait=False,
                 )

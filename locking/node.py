@@ -314,10 +314,17 @@ class Node:
         # which cost more than the round trip itself. Past SPIN_S, sleep in poll().
         spin_until = time.monotonic() + SPIN_S if spin else 0.0
         while True:
+            # `_feed`, inlined: this loop turns once per empty recv() while spinning.
+            self._busy = True
             try:
-                return self._feed(sock)
+                data = sock.recv(_RECV_BYTES)
             except BlockingIOError:
                 self._busy = False
+            else:
+                if data:
+                    self._reader.feed(data)
+                self._busy = False
+                return bool(data)
             now = time.monotonic()
             if now >= deadline:
                 raise TimeoutError

@@ -158,14 +158,6 @@ def test_fence_survives_one_loss_while_a_late_joining_node_has_no_status(
     assert lease.fence is not None and lease.fence > last, (lease.fence, last)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="observability/liveness: a wait that simply times out is reported as a node "
-    "failure. The node answers BLPOP's timeout up to one server tick (1000/hz = 100 ms) "
-    "late, past the wait's read deadline (timeout + read_timeout_ms): the node is marked "
-    "down (WARNING, on_node_error 'timeout', error metric) and suspect, and with every node "
-    "suspect the waits stop blocking on nodes at all (no wake-up can reach them)",
-)
 def test_a_wait_that_times_out_is_not_a_node_failure(
     make_redlock: MakeRedlock, clients: list[redis.Redis]
 ) -> None:

@@ -277,6 +277,12 @@ class Node:
                         continue  # owed by a round that ended early: skip it
                     self._suspect_until = 0.0  # it answered in time: trust it again
                     if isinstance(reply, hiredis.ReplyError):
+                        if str(reply).startswith("NOSCRIPT"):
+                            # The node lost its script cache (SCRIPT FLUSH, a restart or
+                            # failover behind a proxy: Redis does not persist it). Every
+                            # EVALSHA on this connection would fail: log in again on the
+                            # next use, which loads the scripts. Nothing else is owed.
+                            self.close()
                         return NodeError(self.name, f"redis error: {reply}", kind=_kind_of(reply))
                     return reply
                 self._busy = False

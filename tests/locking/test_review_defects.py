@@ -18,12 +18,6 @@ from tests.locking._support import FOREIGN, MakeRedlock
 from worker.demo.redis_server import RedisServer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="liveness: a NOSCRIPT reply (script cache flushed on the node: SCRIPT FLUSH, "
-    "or a connection that outlived the node's script cache) is never repaired; every "
-    "EVALSHA on that connection fails until something else replaces it",
-)
 def test_a_flushed_script_cache_does_not_lose_the_lock_for_good(
     redlock: Redlock, clients: list[redis.Redis]
 ) -> None:

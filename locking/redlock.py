@@ -48,7 +48,7 @@ from locking.lease import Lease, ReleaseOutcome
 from locking.node import NodeHealth
 from locking.nodeset import NodeSet
 from locking.protocol import encode_command
-from locking.timing import RetryPolicy, drift_ms, validity_ms
+from locking.timing import MAX_TTL_MS, RetryPolicy, drift_ms, validity_ms
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -157,7 +157,8 @@ class Redlock:
         """Acquire one lease over every resource, retrying with jittered backoff.
 
         :param resources: one resource name or several (all-or-nothing).
-        :param ttl_ms: how long the nodes keep the lease, in milliseconds.
+        :param ttl_ms: how long the nodes keep the lease, in milliseconds (an int
+            larger than its drift, at most `locking.timing.MAX_TTL_MS`).
         :param fence: also issue a fencing token (one more round trip when the nodes'
             counters disagree, up to two for a resource's first lease after a node lost
             its state; see `locking.fencing`).
@@ -190,8 +191,8 @@ class Redlock:
         Only nodes that still hold the token are extended; an expired key is never
         recreated. Without a quorum the lease is marked lost.
 
-        :raises ValueError: ``ttl_ms`` is not an int larger than the drift; the lease
-            is left as it was, on the nodes too.
+        :raises ValueError: ``ttl_ms`` is not an int larger than the drift and at most
+            `locking.timing.MAX_TTL_MS`; the lease is left as it was, on the nodes too.
         :raises ExtensionLimitReached: the lease was extended ``max_extensions`` times.
         :raises LeaseLost: the lease expired or no quorum still held it.
         """
@@ -422,6 +423,13 @@ class Redlock:
 
 
 def _check_ttl(ttl_ms: object) -> None:
-    """Raise `ValueError` unless ``ttl_ms`` is an int TTL larger than its drift."""
-    if not isinstance(ttl_ms, int) or isinstance(ttl_ms, bool) or ttl_ms <= drift_ms(ttl_ms):
-        raise ValueError(f"ttl_ms must be an int larger than the drift, got {ttl_ms!r}")
+    """Raise `ValueError` unless ``ttl_ms`` is an int TTL larger than its drift and at
+    most `MAX_TTL_MS`."""
+    if (
+        not isinstance(ttl_ms, int)
+        or isinstance(ttl_ms, bool)
+        or not drift_ms(ttl_ms) < ttl_ms <= MAX_TTL_MS
+    ):
+        raise ValueError(
+            f"ttl_ms must be an int larger than the drift and at most {MAX_TTL_MS}, got {ttl_ms!r}"
+        )

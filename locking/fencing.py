@@ -25,13 +25,16 @@ not vouch), the fence is written back (`COMMIT_FENCE`, only where the lease's
 token still holds; a majority must confirm before the lease is used), which makes
 the counter trusted on a recovering node. The client also decides the status of
 a node that has none, from the same replies (`status_for_new_nodes`):
-``recovering`` when a majority of nodes have a status, ``trusted`` when a
-majority has none (a new cluster, or one upgraded from counters without
-statuses; given only where the lease's token proves the node did not lose its
-state since it replied). Cost: one round trip in the steady state, two after the
-nodes diverged, up to three for the first lease of a resource after a node lost
-its state (a read when the granting majority does not vouch, then the write-back
-that repairs that node's counter).
+``recovering`` as soon as one node has a status (the cluster is not new),
+``trusted`` only when every configured node answered without one (a new
+cluster, or one upgraded from counters without statuses; given only where the
+lease's token proves the node did not lose its state since it replied). A new
+node plus one that lost its state look new; the third node, silent, may hold
+the last fence: so a new cluster's first fenced leases need every node up.
+Cost: one round trip in the steady state, two after the nodes diverged, up to
+three for the first lease of a resource after a node lost its state (a read when
+the granting majority does not vouch, then the write-back that repairs that
+node's counter).
 
 Why the fence only grows. Say a node *holds* fence F when its counter was set to
 at least F while it vouched for it (by the grant, or by the write-back while the
@@ -59,9 +62,9 @@ Assumptions, and what does not hold:
 
 - One node loses its state at a time: the next may lose it only once the last
   one has its status again (the next fenced lease that reaches it gives it
-  ``recovering``) and every node has one (a new cluster's first leases give
-  them). Two nodes of three without a status look like a new cluster, and their
-  counters are trusted from 0.
+  ``recovering``). A node that has no status yet (it joined late) does not
+  count as a loss: status-less nodes are taken for a new cluster only when every
+  node answers without a status.
 - Not every node that holds a resource's last fence loses its state before a
   fenced lease of that resource is written back. A resource nobody locked while
   two of three nodes lost their state one after the other can have lost its last
@@ -146,14 +149,19 @@ class Plan:
 def status_for_new_nodes(reports: Sequence[Report | None], *, nodes: int) -> str:
     """Return the status a node without one gets, from what the nodes reported.
 
+    `RECOVERING` as soon as one node has a status (the cluster is not new: the
+    others are new or lost their state, and recovering only withdraws trust);
+    `GENESIS` only when every configured node answered without one (a silent node
+    may hold the last fence: a new node plus one that lost its state look new);
+    else "" (undecided).
+
     :param reports: per configured node, its report, or None when it gave none.
     :param nodes: how many nodes are configured.
     """
-    needed = quorum(nodes)
     known = [report for report in reports if report is not None]
-    if sum(1 for report in known if report.trust is not Trust.UNKNOWN) >= needed:
+    if any(report.trust is not Trust.UNKNOWN for report in known):
         return RECOVERING
-    if sum(1 for report in known if report.trust is Trust.UNKNOWN) >= needed:
+    if len(known) == nodes:
         return GENESIS
     return ""
 

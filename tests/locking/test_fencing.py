@@ -214,6 +214,9 @@ T, U, N = Trust.TRUSTED, Trust.UNTRUSTED, Trust.UNKNOWN
         ([(1, N), (5, T), (5, T)], [True] * 3, Plan(5, True, RECOVERING, True)),
         # A new cluster: every node trusted from its counter, written back.
         ([(3, N), (1, N), (1, N)], [True] * 3, Plan(3, True, GENESIS, True)),
+        # Two nodes without a status, the third silent: a new node and one that lost
+        # its state look new, so not GENESIS; read the others first.
+        ([(1, N), (1, N), None], [True, True, False], None),
         # One trusted granting node is not a majority: read the others first.
         ([(1, N), None, (3, T)], [True, False, True], None),
         ([(1, U), None, (3, T)], [True, False, True], None),
@@ -235,6 +238,11 @@ def test_plan_after_reading_uses_the_other_nodes_counter() -> None:
     assert plan(reports, [True, True, False], read_all=True) is None
     reports[2] = Report(3, Trust.TRUSTED)
     assert plan(reports, [True, True, False], read_all=True) == Plan(3, True, RECOVERING, True)
+    # Two nodes without a status and the third silent even after the read: given up.
+    unknown: list[Report | None] = [Report(1, Trust.UNKNOWN), Report(1, Trust.UNKNOWN), None]
+    assert plan(unknown, [True, True, False], read_all=True) is None
+    unknown[2] = Report(5, Trust.TRUSTED)  # it answers: it has the fence; the others recover
+    assert plan(unknown, [True, True, False], read_all=True) == Plan(5, True, RECOVERING, True)
     # No node vouches for its counter: best effort, and said so.
     reports[2] = Report(3, Trust.UNTRUSTED)
     assert plan(reports, [True, True, False], read_all=True) == Plan(3, True, RECOVERING, False)

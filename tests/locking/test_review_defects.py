@@ -13,8 +13,9 @@ import time
 import pytest
 import redis
 
-from locking import NO_RETRY, NodeError, Redlock, RetryPolicy
+from locking import NO_RETRY, LockContended, NodeError, Redlock, RetryPolicy
 from tests.locking._support import FOREIGN, MakeRedlock
+from tests.spawners import freeze_server, kill_server, thaw_server
 from worker.demo.redis_server import RedisServer
 
 
@@ -87,25 +88,25 @@ def test_fence_survives_two_losses_one_after_the_other_as_the_readme_allows(
     redlock = make_redlock(read_timeout_ms=100, suspect_ms=200)
     with redlock.lock("r", ttl_ms=ttl_ms, fence=True):
         pass  # genesis: every node trusted, counter 1 everywhere
-    lock_nodes[2].freeze()
+    freeze_server(lock_nodes[2])
     try:
         for _ in range(3):  # node 2 is silent, then skipped: nodes 0 and 1 hold the fences
             with redlock.lock("r", ttl_ms=ttl_ms, fence=True) as lease:
                 last = lease.fence or 0
     finally:
-        lock_nodes[2].thaw()
+        thaw_server(lock_nodes[2])
     # Node 2 ran only the first, timed-out request late: its counter stays lower.
     assert int(clients[2].get("redlock-fence:r") or 0) < last
     time.sleep(0.3)  # node 2's suspicion ends
     # Node 0 loses its state and stays out longer than any lease.
-    lock_nodes[0].kill()
+    kill_server(lock_nodes[0])
     time.sleep(2 * ttl_ms / 1000)
     lock_nodes[0].start()
     with redlock.lock("other", ttl_ms=ttl_ms, fence=True):
         pass  # a fenced lease reaches node 0: it reads "recovering", as the README asks
     assert redis.Redis(port=lock_nodes[0].port).get("redlock-fence:") == b"recovering"
     # Now node 1 may go, by the README's rule.
-    lock_nodes[1].kill()
+    kill_server(lock_nodes[1])
     time.sleep(2 * ttl_ms / 1000)
     lock_nodes[1].start()
     time.sleep(0.3)  # the lock's suspicion of nodes 0 and 1 (refused connections) ends
@@ -113,38 +114,48 @@ def test_fence_survives_two_losses_one_after_the_other_as_the_readme_allows(
     assert lease.fence is not None and lease.fence > last, (lease.fence, last)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="safety (fencing): a node that has no status yet (new, never reached by a "
-    "fenced lease) plus ONE node that loses its state make a majority without status, "
-    "which plan() takes for a new cluster (GENESIS, counters trusted from 0) without "
-    "reading the third node: the fence restarts at 1. The README's rule ('one node at a "
-    "time') omits fencing.py's 'every node has a status' condition",
-)
 def test_fence_survives_one_loss_while_a_late_joining_node_has_no_status(
     make_redlock: MakeRedlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
 ) -> None:
+    """Two nodes without a status may be a new one and one that lost its state: the
+    counters are trusted from 0 (a new cluster) only when every node answered."""
     ttl_ms = 300
     redlock = make_redlock(read_timeout_ms=100, suspect_ms=200)
     lock_nodes[2].stop()  # node 2 is down when the cluster starts
     try:
-        for _ in range(4):
-            with redlock.lock("r", ttl_ms=ttl_ms, fence=True) as lease:
-                last = lease.fence or 0
+        with pytest.raises(LockContended):  # before the fix: fences 1, 2, ... from two nodes
+            redlock.acquire("r", ttl_ms=ttl_ms, fence=True, retry=NO_RETRY)
     finally:
         lock_nodes[2].start()  # it joins empty, with no status yet
-    assert last == 4
-    # One node loses its state (the first loss: the README asks nothing before it).
-    lock_nodes[0].kill()
+    # The review's state: nodes 0 and 1 hold fence 4 and vouch for it, node 2 has no
+    # status (reachable: it refused the leases, another holder's key was there).
+    for client in clients[:2]:
+        client.set("redlock-fence:", "trusted")
+        client.set("redlock-fence:r", 4)
+    last = 4
+    # Node 0 loses its state (the first loss), and node 1, the one that kept the
+    # fences, is slow right now.
+    kill_server(lock_nodes[0])
     time.sleep(2 * ttl_ms / 1000)
     lock_nodes[0].start()
     time.sleep(0.3)  # suspicions end
-    lock_nodes[1].freeze()  # node 1, the one that kept the fences, is slow right now
+    freeze_server(lock_nodes[1])
     try:
-        lease = redlock.acquire("r", ttl_ms=ttl_ms, fence=True, retry=NO_RETRY)
+        # Nodes 0 and 2 grant without a status: not taken for a new cluster (before
+        # the fix: GENESIS, fence 1); node 1 is silent, so the attempt is given up.
+        with pytest.raises(LockContended):
+            redlock.acquire("r", ttl_ms=ttl_ms, fence=True, retry=NO_RETRY)
     finally:
-        lock_nodes[1].thaw()
+        thaw_server(lock_nodes[1])
+    time.sleep(0.3)  # node 1 is no longer suspected
+    lease = redlock.acquire("r", ttl_ms=ttl_ms, fence=True, retry=NO_RETRY)
     assert lease.fence is not None and lease.fence > last, (lease.fence, last)
+    # Nodes 0 and 2 are recovering: they vouch only for what was written back.
+    assert [client.get("redlock-fence:") for client in clients] == [
+        b"recovering",
+        b"trusted",
+        b"recovering",
+    ]
 
 
 def test_a_wait_that_times_out_is_not_a_node_failure(

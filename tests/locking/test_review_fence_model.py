@@ -51,19 +51,14 @@ def violations_of(model: type[Model], *, seed: int, interleavings: int) -> int:
 @pytest.mark.xfail(
     strict=True,
     reason="safety (fencing): with losses gated by the README's rule (a node 'recovering' "
-    "instead of written back for the resource) fences go down (1 violation in 5,000 "
-    "single-resource interleavings; multi-resource leases, not modelled, make it common: "
-    "see test_fence_survives_two_losses_one_after_the_other_as_the_readme_allows)",
+    "instead of written back for the resource) fences go down (0 to 2 violations in 5,000 "
+    "single-resource interleavings, by seed: 2 with seed 1; multi-resource leases, not "
+    "modelled, make it common: see "
+    "test_fence_survives_two_losses_one_after_the_other_as_the_readme_allows)",
 )
 def test_readme_loss_rule_keeps_fences_monotonic() -> None:
-    assert violations_of(ReadmeRule, seed=10, interleavings=INTERLEAVINGS) == 0
+    assert violations_of(ReadmeRule, seed=1, interleavings=INTERLEAVINGS) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="safety (fencing): a loss while another node has no status yet makes two "
-    "status-less nodes, taken for a new cluster (GENESIS): 16 violations in 5,000 "
-    "interleavings",
-)
 def test_a_first_loss_before_every_node_has_a_status_keeps_fences_monotonic() -> None:
     assert violations_of(FirstLossAnytime, seed=10, interleavings=INTERLEAVINGS) == 0

@@ -85,6 +85,18 @@ class NodeSet:
                 await_replies=await_replies,
             )
 
+    def ask(self, index: int, payload: bytes) -> object:
+        """Send ``payload`` to the node at ``index`` alone; return its reply or `NodeError`.
+
+        The reply is due within the read timeout after the request left.
+        """
+        with self.io_lock:
+            node = self._nodes[index]
+            error = node.send(payload)
+            if error is not None:
+                return error
+            return node.read(time.monotonic() + self._read_timeout_s)
+
     def ask_one(self, payload: bytes, *, reply_within_s: float, skip: Sequence[bool]) -> object:
         """Send ``payload`` to the first node not skipped that takes it; return its reply.
 

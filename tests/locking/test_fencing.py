@@ -233,16 +233,18 @@ def test_plan_after_reading_uses_the_other_nodes_counter() -> None:
     known = [Report(1, Trust.UNKNOWN), Report(5, Trust.TRUSTED), Report(3, Trust.TRUSTED)]
     assert plan(known, [True, False, True], read_all=True) == Plan(5, True, RECOVERING, True)
     # Two nodes untrusted for the resource: the third must answer, and then it has
-    # every fence that was not lost (it is the only node that can hold one).
+    # every fence that was not lost (it is the only node that can hold one); but one
+    # trusted counter is not a majority: both holders of the last fence may have lost
+    # it (two losses, the second before the first node was repaired), so not backed.
     reports: list[Report | None] = [Report(1, Trust.UNTRUSTED), Report(2, Trust.UNTRUSTED), None]
     assert plan(reports, [True, True, False], read_all=True) is None
     reports[2] = Report(3, Trust.TRUSTED)
-    assert plan(reports, [True, True, False], read_all=True) == Plan(3, True, RECOVERING, True)
+    assert plan(reports, [True, True, False], read_all=True) == Plan(3, True, RECOVERING, False)
     # Two nodes without a status and the third silent even after the read: given up.
     unknown: list[Report | None] = [Report(1, Trust.UNKNOWN), Report(1, Trust.UNKNOWN), None]
     assert plan(unknown, [True, True, False], read_all=True) is None
     unknown[2] = Report(5, Trust.TRUSTED)  # it answers: it has the fence; the others recover
-    assert plan(unknown, [True, True, False], read_all=True) == Plan(5, True, RECOVERING, True)
+    assert plan(unknown, [True, True, False], read_all=True) == Plan(5, True, RECOVERING, False)
     # No node vouches for its counter: best effort, and said so.
     reports[2] = Report(3, Trust.UNTRUSTED)
     assert plan(reports, [True, True, False], read_all=True) == Plan(3, True, RECOVERING, False)
@@ -339,3 +341,22 @@ def test_advance_fence_creates_no_counter_a_recovering_node_would_vouch_for(
     with redlock.lock("b", ttl_ms=2000, fence=True) as lease:
         assert lease.fence == 51
     assert [client.get("redlock-fence:b") for client in clients] == [b"51"] * 3
+
+
+def test_repair_raises_every_counter_of_a_node_that_lost_its_state(
+    redlock: Redlock, clients: list[redis.Redis]
+) -> None:
+    """More counters than one SCAN step and one write batch; the highest of the others'."""
+    redlock.release(redlock.acquire("r", ttl_ms=1000, fence=True))  # every node trusted
+    for client in clients[1:]:
+        client.mset({f"redlock-fence:sku:{i}": i for i in range(1200)})
+    clients[2].set("redlock-fence:sku:7", 70)  # the other nodes disagree: the highest wins
+    clients[0].flushall()  # node 0 lost its state
+    clients[0].set("redlock-fence:sku:9", 90)  # written back since: never lowered
+    # Raised: r and every sku but sku:0 (0: nothing to raise) and sku:9 (90 stays).
+    assert redlock.repair_node(redlock.node_names[0]) == 1 + 1198
+    assert clients[0].get("redlock-fence:") == b"trusted"
+    assert int(clients[0].get("redlock-fence:sku:7") or 0) == 70
+    assert int(clients[0].get("redlock-fence:sku:9") or 0) == 90
+    assert int(clients[0].get("redlock-fence:sku:1199") or 0) == 1199
+    assert clients[0].get("redlock-fence:r") == b"1"

@@ -13,7 +13,14 @@ import time
 import pytest
 import redis
 
-from locking import NO_RETRY, LockContended, NodeError, Redlock, RetryPolicy
+from locking import (
+    NO_RETRY,
+    FenceRepairFailed,
+    LockContended,
+    NodeError,
+    Redlock,
+    RetryPolicy,
+)
 from tests.locking._support import FOREIGN, MakeRedlock
 from tests.spawners import freeze_server, kill_server, thaw_server
 from worker.demo.redis_server import RedisServer
@@ -73,19 +80,10 @@ def test_extend_with_a_ttl_the_nodes_refuse_leaves_the_lease_in_place(
     assert [client.get("redlock:k") for client in clients] == [lease.token.encode()] * 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="safety (fencing): the README's operator rule (another node may go once the "
-    "first reads 'recovering') cannot ensure its other condition (not every holder of a "
-    "SKU's last fence loses it before a lease of that SKU wrote back); here both holders "
-    "lose it, the third node still vouches (trusted) for its older counter, plan() calls "
-    "the lower fence backed (trusted > 0, no warning) and the fence goes down (4 then 3)",
-)
-def test_fence_survives_two_losses_one_after_the_other_as_the_readme_allows(
-    make_redlock: MakeRedlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
-) -> None:
-    ttl_ms = 300
-    redlock = make_redlock(read_timeout_ms=100, suspect_ms=200)
+def _fences_held_by_nodes_0_and_1(
+    redlock: Redlock, lock_nodes: list[RedisServer], clients: list[redis.Redis], ttl_ms: int
+) -> int:
+    """Hand out fences that only nodes 0 and 1 hold (node 2 lags); return the last."""
     with redlock.lock("r", ttl_ms=ttl_ms, fence=True):
         pass  # genesis: every node trusted, counter 1 everywhere
     freeze_server(lock_nodes[2])
@@ -98,20 +96,78 @@ def test_fence_survives_two_losses_one_after_the_other_as_the_readme_allows(
     # Node 2 ran only the first, timed-out request late: its counter stays lower.
     assert int(clients[2].get("redlock-fence:r") or 0) < last
     time.sleep(0.3)  # node 2's suspicion ends
-    # Node 0 loses its state and stays out longer than any lease.
-    kill_server(lock_nodes[0])
+    return last
+
+
+def _lose_state(lock_nodes: list[RedisServer], index: int, ttl_ms: int) -> None:
+    """Node ``index`` loses its state and stays out longer than any lease."""
+    kill_server(lock_nodes[index])
     time.sleep(2 * ttl_ms / 1000)
-    lock_nodes[0].start()
+    lock_nodes[index].start()
+
+
+def test_two_losses_without_a_repair_are_reported_not_backed(
+    make_redlock: MakeRedlock,
+    lock_nodes: list[RedisServer],
+    clients: list[redis.Redis],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The README's former rule (another node may go once the first reads
+    'recovering') lets both holders of the last fence lose it; the third node still
+    vouches for its older counter. The fence may go down then (4, then 3): it must
+    not be called backed (before the fix: trusted > 0 sufficed, and no warning)."""
+    ttl_ms = 300
+    redlock = make_redlock(read_timeout_ms=100, suspect_ms=200)
+    last = _fences_held_by_nodes_0_and_1(redlock, lock_nodes, clients, ttl_ms)
+    _lose_state(lock_nodes, 0, ttl_ms)
     with redlock.lock("other", ttl_ms=ttl_ms, fence=True):
-        pass  # a fenced lease reaches node 0: it reads "recovering", as the README asks
-    assert redis.Redis(port=lock_nodes[0].port).get("redlock-fence:") == b"recovering"
-    # Now node 1 may go, by the README's rule.
-    kill_server(lock_nodes[1])
-    time.sleep(2 * ttl_ms / 1000)
-    lock_nodes[1].start()
+        pass  # a fenced lease reaches node 0: it reads "recovering"
+    assert clients[0].get("redlock-fence:") == b"recovering"
+    _lose_state(lock_nodes, 1, ttl_ms)
     time.sleep(0.3)  # the lock's suspicion of nodes 0 and 1 (refused connections) ends
+    caplog.clear()
+    lease = redlock.acquire("r", ttl_ms=ttl_ms, fence=True, retry=NO_RETRY)
+    assert lease.fence is not None
+    if lease.fence <= last:
+        assert "is not backed by a majority of trusted counters" in caplog.text
+
+
+def test_fence_survives_two_losses_one_after_the_other_as_the_readme_allows(
+    make_redlock: MakeRedlock,
+    lock_nodes: list[RedisServer],
+    clients: list[redis.Redis],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The README's rule: after a node lost its state, repair it (its status reads
+    'trusted' again) before another node may lose its state."""
+    ttl_ms = 300
+    redlock = make_redlock(read_timeout_ms=100, suspect_ms=200)
+    last = _fences_held_by_nodes_0_and_1(redlock, lock_nodes, clients, ttl_ms)
+    _lose_state(lock_nodes, 0, ttl_ms)
+    time.sleep(0.3)  # node 0 is no longer suspected (refused while it was down)
+    assert redlock.repair_node(redlock.node_names[0]) == 1  # counter r raised to `last`
+    assert clients[0].get("redlock-fence:") == b"trusted"
+    assert clients[0].get("redlock-fence:r") == str(last).encode()
+    assert redlock.repair_node(redlock.node_names[0]) == 0  # trusted: nothing to do
+    _lose_state(lock_nodes, 1, ttl_ms)  # now node 1 may go, by the README's rule
+    time.sleep(0.3)
+    caplog.clear()
     lease = redlock.acquire("r", ttl_ms=ttl_ms, fence=True, retry=NO_RETRY)
     assert lease.fence is not None and lease.fence > last, (lease.fence, last)
+    assert "not backed" not in caplog.text
+
+
+def test_a_repair_needs_every_other_node_to_have_a_status(
+    redlock: Redlock, clients: list[redis.Redis]
+) -> None:
+    redlock.release(redlock.acquire("r", ttl_ms=1000, fence=True))  # every node trusted
+    for client in clients[:2]:
+        client.flushall()  # two nodes lost their state: a repair would read too little
+    with pytest.raises(FenceRepairFailed, match="has no fence status"):
+        redlock.repair_node(redlock.node_names[0])
+    assert clients[0].get("redlock-fence:") != b"trusted"
+    with pytest.raises(ValueError):
+        redlock.repair_node("127.0.0.1:1")
 
 
 def test_fence_survives_one_loss_while_a_late_joining_node_has_no_status(

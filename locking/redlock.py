@@ -8,9 +8,9 @@ the read timeout), and never returns at quorum: a late grant is therefore never
 left behind by a release, and a failed attempt releases on every node at once.
 The release travels on the same connection as the late grant; when that
 connection is closed first (more than `locking.node.MAX_OWED_REPLIES` owed
-replies, or a suspect node whose connection is gone, which a release skips), the
-late grant lingers until its key expires: at most one TTL after it lands, and it
-only blocks that one node.
+replies, or a node suspected after a timeout whose connection is gone, which a
+release skips), the late grant lingers until its key expires: at most one TTL
+after it lands, and it only blocks that one node.
 
 Fencing tokens (``fence=True``) are explained in `locking.fencing`.
 """

@@ -37,12 +37,6 @@ def test_a_flushed_script_cache_does_not_lose_the_lock_for_good(
     assert lease.fence is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="liveness: a release skips a suspect node whose connection is closed "
-    "(Suspects.SEND), so a waiter blocked on that node (which it trusts) is not woken "
-    "and sleeps its whole timeout; e.g. after the holder met one refused connection",
-)
 def test_a_release_wakes_a_waiter_on_a_node_the_holder_found_refusing(
     make_redlock: MakeRedlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
 ) -> None:

@@ -1,8 +1,7 @@
 """Defects found by the adversarial review of the lock, each reproduced on real nodes.
 
-Every test here fails on the code it was written against and is marked
-``xfail(strict=True)`` with the defect's name: the suite stays green, and a fix
-turns the mark into an error that asks for its removal.
+Every test here failed on the code the review was written against (each was a
+strict xfail until its fix landed); they stay as regression tests.
 """
 
 from __future__ import annotations

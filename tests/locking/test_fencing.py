@@ -12,6 +12,7 @@ import redis
 from locking import NO_RETRY, LockContended, Redlock, ReleaseOutcome
 from locking.commands import is_grant, refusal
 from locking.fencing import GENESIS, RECOVERING, Plan, Report, Trust, plan
+from locking.scripts import REPAIR_NODE
 from tests.locking import _procs
 from tests.locking._support import FOREIGN, MakeRedlock
 from tests.spawners import freeze_server, kill_server, thaw_server
@@ -360,3 +361,29 @@ def test_repair_raises_every_counter_of_a_node_that_lost_its_state(
     assert int(clients[0].get("redlock-fence:sku:9") or 0) == 90
     assert int(clients[0].get("redlock-fence:sku:1199") or 0) == 1199
     assert clients[0].get("redlock-fence:r") == b"1"
+
+
+def test_a_repair_step_after_the_node_lost_its_state_again_does_nothing(
+    clients: list[redis.Redis],
+) -> None:
+    node = clients[0]
+
+    def step(status: str, action: str, *values: int) -> object:
+        keys = ["redlock-fence:a"] if values else []
+        return node.eval(
+            REPAIR_NODE.body, len(keys) + 1, *keys, "redlock-fence:", status, action, *values
+        )
+
+    assert step("repairing 1", "start") == 1
+    assert node.get("redlock-fence:") == b"repairing 1"
+    node.flushall()  # lost its state during the repair
+    node.set("redlock-fence:", "recovering")  # and a fenced lease marked it again
+    assert step("repairing 1", "raise", 9) == -1
+    assert step("repairing 1", "finish") == -1
+    assert node.get("redlock-fence:") == b"recovering"  # not trusted with missing counters
+    assert node.get("redlock-fence:a") is None
+    assert step("repairing 2", "start") == 1  # a new repair takes over
+    assert step("repairing 2", "raise", 9) == 1
+    assert step("repairing 2", "finish") == 1
+    assert node.get("redlock-fence:") == b"trusted"
+    assert step("repairing 3", "start") == 0  # trusted: nothing to repair

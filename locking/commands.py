@@ -13,10 +13,15 @@ from locking.scripts import (
     ADVANCE_FENCE,
     COMMIT_FENCE,
     EXTEND,
+    READ_COUNTERS,
     READ_FENCE,
     RELEASE,
+    REPAIR_NODE,
     Script,
 )
+
+#: How many keys one SCAN step of `Redlock.repair_node` asks a node for.
+SCAN_COUNT = 1000
 
 #: How long a wake-up nobody waited for stays; a later waiter takes it and finds
 #: the lock free or tries once for nothing.
@@ -59,6 +64,29 @@ class Commands:
     def advance_fence(self, names: Sequence[str], at_least: int) -> bytes:
         """Raise the counters of ``names`` to ``at_least`` (never lower them)."""
         return _script(ADVANCE_FENCE, self._fence_keys(names), at_least)
+
+    def fence_status(self) -> bytes:
+        """GET the node's fence status."""
+        return encode_command(["GET", self._fence_prefix])
+
+    def scan_counters(self, cursor: int) -> bytes:
+        """One SCAN step over the node's fence counters (not its status key)."""
+        pattern = _glob_escape(self._fence_prefix) + "?*"
+        return encode_command(["SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT])
+
+    def resource_of(self, counter_key: bytes) -> str:
+        """The resource name of a counter key SCAN returned."""
+        return counter_key.decode()[len(self._fence_prefix) :]
+
+    def read_counters(self, names: Sequence[str]) -> bytes:
+        """Read the counters of ``names`` (no status, no proposal: the values)."""
+        return _script(READ_COUNTERS, [self._fence_prefix + name for name in names])
+
+    def repair(
+        self, names: Sequence[str], status: str, step: str, values: Sequence[int] = ()
+    ) -> bytes:
+        """One step of a node's repair (`REPAIR_NODE`): "start", "raise" or "finish"."""
+        return _script(REPAIR_NODE, self._fence_keys(names), status, step, *values)
 
     def extend(self, names: Sequence[str], token: str, ttl_ms: int) -> bytes:
         """PEXPIRE every key that still holds ``token``."""
@@ -127,6 +155,11 @@ def resource_names(resources: str | Sequence[str]) -> tuple[str, ...]:
         raise ValueError(f"resources must be one or more non-empty strings, got {resources!r}")
     # A repeated name would be counted twice by the release script.
     return tuple(dict.fromkeys(names))
+
+
+def _glob_escape(text: str) -> str:
+    """Escape the characters SCAN's MATCH pattern treats as special."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
 
 
 def _script(script: Script, keys: list[str], *args: str | int) -> bytes:

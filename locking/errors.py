@@ -122,3 +122,17 @@ class LeaseLost(LockError):
 
 class ExtensionLimitReached(LeaseLost):
     """The lease was extended as often as allowed; release it and acquire anew."""
+
+
+class FenceRepairFailed(LockError):
+    """`Redlock.repair_node` did not finish; what it wrote only raised counters (safe),
+    and the node still does not vouch for them: run it again.
+
+    :param node: the node's display name (``host:port``).
+    :param reason: why it stopped.
+    """
+
+    def __init__(self, *, node: str, reason: str) -> None:
+        super().__init__(f"repair of lock node {node} stopped: {reason}")
+        self.node = node
+        self.reason = reason

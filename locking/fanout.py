@@ -30,6 +30,9 @@ class Suspects(Enum):
     #: Only on an open connection: a new one could not order the request after the
     #: late ones, and connecting to a silent node would cost the connect timeout. (An
     #: open connection the node itself closed is replaced: nothing queued on it runs.)
+    #: Except when the suspicion came from a refused connection (`Node.fails_fast`):
+    #: no earlier request can be queued there and trying costs no timeout, so the
+    #: release (and its wake-up for a waiter there) gets through.
     SEND = "send"
     #: Treat them like any other node (health checks).
     AWAIT = "await"
@@ -57,8 +60,12 @@ def fan_out(
     waiting: list[int] = []
     for index, node in enumerate(nodes):
         suspect = suspects is not Suspects.AWAIT and node.is_suspect(now)
-        if suspect and (suspects is Suspects.SKIP or not node.connected):
+        if suspect and (suspects is Suspects.SKIP or not (node.connected or node.fails_fast)):
             replies[index] = NodeError(node.name, "skipped: failed recently", timed_out=True)
+            continue
+        if suspect and not node.connected:  # refused recently: try, best effort
+            replies[index] = NodeError(node.name, "not awaited: failed recently", timed_out=True)
+            node.send(payload, report=False)  # a failure is not news: it is suspect
             continue
         error = node.send(payload)
         if error is not None:

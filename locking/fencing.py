@@ -25,52 +25,61 @@ not vouch), the fence is written back (`COMMIT_FENCE`, only where the lease's
 token still holds; a majority must confirm before the lease is used), which makes
 the counter trusted on a recovering node. The client also decides the status of
 a node that has none, from the same replies (`status_for_new_nodes`):
-``recovering`` when a majority of nodes have a status, ``trusted`` when a
-majority has none (a new cluster, or one upgraded from counters without
-statuses; given only where the lease's token proves the node did not lose its
-state since it replied). Cost: one round trip in the steady state, two after the
-nodes diverged, up to three for the first lease of a resource after a node lost
-its state (a read when the granting majority does not vouch, then the write-back
-that repairs that node's counter).
+``recovering`` as soon as one node has a status (the cluster is not new),
+``trusted`` only when every configured node answered without one (a new
+cluster, or one upgraded from counters without statuses; given only where the
+lease's token proves the node did not lose its state since it replied). A new
+node plus one that lost its state look new; the third node, silent, may hold
+the last fence: so a new cluster's first fenced leases need every node up.
+Cost: one round trip in the steady state, two after the nodes diverged, up to
+three for the first lease of a resource after a node lost its state (a read when
+the granting majority does not vouch, then the write-back that repairs that
+node's counter).
 
 Why the fence only grows. Say a node *holds* fence F when its counter was set to
 at least F while it vouched for it (by the grant, or by the write-back while the
 lease's token was there); it stops holding anything when it loses its state.
 Every fence is held by a majority before its lease is handed out. A node that
 lost its state vouches for a counter again only after a write-back of a fence
-computed after its return, which exceeds everything it held. The next lease
+computed after its return, which exceeds everything it held, or after a repair
+(below). The next lease
 reads its proposals after its own grants, so after the last fence F* was held:
 
 - from a majority T of vouching nodes: with w nodes that lost F* since, T lies
   among the N - w others, of which at least quorum - w still hold F*, and
   quorum + (quorum - w) > N - w, so T contains one;
 - from every node: the vouching nodes include every node that still holds F*,
-  and one does unless every holder lost its state.
+  and one does unless every holder lost its state (two losses without a repair
+  in between); with fewer than a majority vouching, the plan says not backed.
 
 Either way a proposal exceeds F*. Token-checked write-backs keep a late or
 paused client from vouching for a low counter: the write lands only while its
 lease's keys are on that node, so after that node's return and with a fence
-computed after it. `tests/locking/test_fence_model.py` checks this on 20,000
-random interleavings of grants, late and skipped requests, paused clients,
-losses and restarts (0 violations; the previous rule, where every node vouched,
-fails there).
+computed after it. A node repaired by `Redlock.repair_node` vouches again for
+counters raised to the highest of every other node's, read after its loss:
+every fence handed out before those reads was held by a majority, so by another
+node that kept it (under the rule below, only the repaired node lost its state
+since every node was last trusted), and it vouches for nothing lower than what
+it holds. `tests/locking/test_fence_model.py` checks this on 20,000 random
+interleavings of grants, late and skipped requests, paused clients, late-joining
+nodes, losses, repairs and restarts (0 violations; the previous rule, where every
+node vouched, fails there).
 
 Assumptions, and what does not hold:
 
-- One node loses its state at a time: the next may lose it only once the last
-  one has its status again (the next fenced lease that reaches it gives it
-  ``recovering``) and every node has one (a new cluster's first leases give
-  them). Two nodes of three without a status look like a new cluster, and their
-  counters are trusted from 0.
-- Not every node that holds a resource's last fence loses its state before a
-  fenced lease of that resource is written back. A resource nobody locked while
-  two of three nodes lost their state one after the other can have lost its last
-  fence with them; when no node vouches for its counter, the fence is the highest
-  counter found (a best effort, logged as a warning) and may be lower than an
-  earlier one: the database guard refuses it, and `Redlock.advance_fence` lifts
-  the counters above the database's fence, as after a majority of nodes lost
-  their state. A node restored from a backup (a status, and old counters) breaks
-  this too: never restore a lock node from a backup.
+- One node loses its state at a time: a node may lose its state only while
+  every node's status reads ``trusted``. After a loss (and after a node joined
+  late), run `Redlock.repair_node` for it: its status then reads ``trusted``
+  again. Statuses are trusted from 0 (a new cluster) only when every node
+  answers without one. Two nodes that lost their state without a repair in
+  between can take a resource's last fence with them: a plan then finds fewer
+  than a majority of trusted counters, and the fence (the highest counter
+  found) is logged as not backed and may be lower than an earlier one: the
+  database guard refuses it, and `Redlock.advance_fence` lifts the counters
+  above the database's fence, as after a majority of nodes lost their state. A
+  fence from a majority of trusted counters is never lower. A node restored
+  from a backup (a status, and old counters) breaks this too: never restore a
+  lock node from a backup.
 - Mutual exclusion, which fences back up but do not replace, needs a node that
   lost its state to stay out for longer than the longest lease lived: its TTL,
   or ``(max_extensions + 1) x TTL`` for a lease that is extended (11 x TTL with
@@ -95,9 +104,9 @@ from enum import IntEnum
 
 from locking.timing import quorum
 
-#: The status a node without one gets when a majority of nodes have none (a new cluster).
+#: The status a node without one gets when every node answered without one (a new cluster).
 GENESIS = "trusted"
-#: The status a node without one gets when a majority of nodes have theirs: it lost its state.
+#: The status a node without one gets when another node has one: it is new or lost its state.
 RECOVERING = "recovering"
 
 
@@ -134,7 +143,8 @@ class Plan:
     :param status: the status to give nodes that have none (`GENESIS`, `RECOVERING`),
         or "" when the replies do not decide it.
     :param backed: True when a majority of trusted counters backs the fence (the
-        guarantee holds); False for the best effort described in the module docstring.
+        guarantee holds); False for the best effort described in the module docstring
+        (fewer trusted counters: only the rule on losses and repairs makes it hold).
     """
 
     fence: int
@@ -146,14 +156,19 @@ class Plan:
 def status_for_new_nodes(reports: Sequence[Report | None], *, nodes: int) -> str:
     """Return the status a node without one gets, from what the nodes reported.
 
+    `RECOVERING` as soon as one node has a status (the cluster is not new: the
+    others are new or lost their state, and recovering only withdraws trust);
+    `GENESIS` only when every configured node answered without one (a silent node
+    may hold the last fence: a new node plus one that lost its state look new);
+    else "" (undecided).
+
     :param reports: per configured node, its report, or None when it gave none.
     :param nodes: how many nodes are configured.
     """
-    needed = quorum(nodes)
     known = [report for report in reports if report is not None]
-    if sum(1 for report in known if report.trust is not Trust.UNKNOWN) >= needed:
+    if any(report.trust is not Trust.UNKNOWN for report in known):
         return RECOVERING
-    if sum(1 for report in known if report.trust is Trust.UNKNOWN) >= needed:
+    if len(known) == nodes:
         return GENESIS
     return ""
 
@@ -195,8 +210,9 @@ def plan(
     if trusted < quorum(nodes) and len(known) < nodes:
         return None  # a node that did not answer may be the one that holds the last fence
     # With every node read, the trusted ones include every node that holds the last
-    # fence and kept its state; with none trusted, the last fence may be lost.
-    backed = trusted > 0
+    # fence and kept its state; but below a majority of trusted counters, every node
+    # that held it may have lost its state (two losses), so the fence may be lower.
+    backed = trusted >= quorum(nodes)
     fence = max(report.proposal for report in known)
     # Only a trusted granting node wrote its proposal; the others need the write-back.
     holding = all(

@@ -132,11 +132,20 @@ class Node:
         self._busy = False
         self._pid = os.getpid()
         self._suspect_until = 0.0
+        self._suspect_kind = ""
         self._poller = select.poll()
 
     def is_suspect(self, now: float) -> bool:
         """Return true while the node is skipped after a recent failure."""
         return now < self._suspect_until
+
+    @property
+    def fails_fast(self) -> bool:
+        """True when the last suspicion came from a refused connection: contacting
+        the node again costs no timeout, and no request of an earlier connection can
+        still be queued there (nothing listened). Not after a failed lookup, which
+        may have taken the whole connect timeout (a hanging resolver)."""
+        return self._suspect_kind == "refused"
 
     @property
     def connected(self) -> bool:
@@ -148,14 +157,17 @@ class Node:
         """How many commands sent on this connection still await their reply."""
         return self._in_flight if self.connected else 0
 
-    def send(self, payload: bytes) -> NodeError | None:
+    def send(self, payload: bytes, *, report: bool = True) -> NodeError | None:
         """Send one encoded command; return the error instead of raising it.
 
         An idle connection the node closed (restart, idle ``timeout``, ``CLIENT
         KILL``) is noticed here and replaced before sending.
+
+        :param report: False for a best-effort send to a suspect node: an error is
+            returned but not reported (`NodeHealth`), since the node is known down.
         """
         error = self._send(payload)
-        if error is not None:
+        if error is not None and report:
             self.health.failed(error)
         return error
 
@@ -277,6 +289,12 @@ class Node:
                         continue  # owed by a round that ended early: skip it
                     self._suspect_until = 0.0  # it answered in time: trust it again
                     if isinstance(reply, hiredis.ReplyError):
+                        if str(reply).startswith("NOSCRIPT"):
+                            # The node lost its script cache (SCRIPT FLUSH, a restart or
+                            # failover behind a proxy: Redis does not persist it). Every
+                            # EVALSHA on this connection would fail: log in again on the
+                            # next use, which loads the scripts. Nothing else is owed.
+                            self.close()
                         return NodeError(self.name, f"redis error: {reply}", kind=_kind_of(reply))
                     return reply
                 self._busy = False
@@ -343,6 +361,7 @@ class Node:
     def _suspected(self, error: NodeError) -> NodeError:
         """Skip the node for a while: it is silent, refusing or not resolving."""
         self._suspect_until = time.monotonic() + self._suspect_s
+        self._suspect_kind = error.kind
         return error
 
     def _os_error(self, step: str, error: OSError) -> NodeError:

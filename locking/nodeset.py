@@ -85,13 +85,26 @@ class NodeSet:
                 await_replies=await_replies,
             )
 
-    def ask_one(self, payload: bytes, *, deadline_s: float, skip: Sequence[bool]) -> object:
+    def ask(self, index: int, payload: bytes) -> object:
+        """Send ``payload`` to the node at ``index`` alone; return its reply or `NodeError`.
+
+        The reply is due within the read timeout after the request left.
+        """
+        with self.io_lock:
+            node = self._nodes[index]
+            error = node.send(payload)
+            if error is not None:
+                return error
+            return node.read(time.monotonic() + self._read_timeout_s)
+
+    def ask_one(self, payload: bytes, *, reply_within_s: float, skip: Sequence[bool]) -> object:
         """Send ``payload`` to the first node not skipped that takes it; return its reply.
 
         For commands that block their connection (a wait for a release): one node is
         enough. Returns None when no node took the request.
 
-        :param deadline_s: ``time.monotonic()`` value after which the node is late.
+        :param reply_within_s: seconds after the request left (after connecting, if
+            it had to) within which the node must answer.
         :param skip: per node, whether the caller distrusts it now.
         """
         with self.io_lock:
@@ -101,6 +114,9 @@ class NodeSet:
                     continue
                 node.drop_if_owed()  # an earlier wait may still block it
                 if node.send(payload) is None:
+                    # The deadline starts once the request left: a connection made by
+                    # this send (up to the connect timeout) does not shorten the wait.
+                    deadline_s = time.monotonic() + reply_within_s
                     try:
                         # A blocked wait: spinning would only take the core from the
                         # process whose release ends it.

@@ -8,9 +8,9 @@ the read timeout), and never returns at quorum: a late grant is therefore never
 left behind by a release, and a failed attempt releases on every node at once.
 The release travels on the same connection as the late grant; when that
 connection is closed first (more than `locking.node.MAX_OWED_REPLIES` owed
-replies, or a suspect node whose connection is gone, which a release skips), the
-late grant lingers until its key expires: at most one TTL after it lands, and it
-only blocks that one node.
+replies, or a node suspected after a timeout whose connection is gone, which a
+release skips), the late grant lingers until its key expires: at most one TTL
+after it lands, and it only blocks that one node.
 
 Fencing tokens (``fence=True``) are explained in `locking.fencing`.
 """
@@ -38,6 +38,7 @@ from locking.commands import (
 from locking.errors import (
     ConfigurationError,
     ExtensionLimitReached,
+    FenceRepairFailed,
     LeaseLost,
     NodeError,
 )
@@ -48,11 +49,19 @@ from locking.lease import Lease, ReleaseOutcome
 from locking.node import NodeHealth
 from locking.nodeset import NodeSet
 from locking.protocol import encode_command
-from locking.timing import RetryPolicy, drift_ms, validity_ms
+from locking.timing import MAX_TTL_MS, RetryPolicy, drift_ms, validity_ms
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _DEFAULT_RETRY = RetryPolicy()
+#: How many counters one write of `Redlock.repair_node` raises (one script call).
+_REPAIR_BATCH = 500
+#: Extra time a wait for a release gives the node to answer its timeout: Redis checks
+#: blocked clients' timeouts on its timer, once per server tick (1000 / hz ms, 100 ms
+#: with the default hz 10), so a BLPOP that simply times out is answered up to a tick
+#: late. Without this slack such a late nil reply was taken for a silent node (3 of 20
+#: unwoken 20 ms waits on an idle machine were reported as node timeouts).
+WAIT_REPLY_SLACK_MS = 150
 
 
 class Redlock:
@@ -151,7 +160,8 @@ class Redlock:
         """Acquire one lease over every resource, retrying with jittered backoff.
 
         :param resources: one resource name or several (all-or-nothing).
-        :param ttl_ms: how long the nodes keep the lease, in milliseconds.
+        :param ttl_ms: how long the nodes keep the lease, in milliseconds (an int
+            larger than its drift, at most `locking.timing.MAX_TTL_MS`).
         :param fence: also issue a fencing token (one more round trip when the nodes'
             counters disagree, up to two for a resource's first lease after a node lost
             its state; see `locking.fencing`).
@@ -184,8 +194,8 @@ class Redlock:
         Only nodes that still hold the token are extended; an expired key is never
         recreated. Without a quorum the lease is marked lost.
 
-        :raises ValueError: ``ttl_ms`` is not an int larger than the drift; the lease
-            is left as it was, on the nodes too.
+        :raises ValueError: ``ttl_ms`` is not an int larger than the drift and at most
+            `locking.timing.MAX_TTL_MS`; the lease is left as it was, on the nodes too.
         :raises ExtensionLimitReached: the lease was extended ``max_extensions`` times.
         :raises LeaseLost: the lease expired or no quorum still held it.
         """
@@ -287,6 +297,103 @@ class Redlock:
         payload = self._commands.advance_fence(names, at_least)
         return sum(1 for reply in self._nodes.round(payload, Suspects.SKIP) if reply == 1)
 
+    def repair_node(self, name: str) -> int:
+        """Make a node that lost its state vouch for its fence counters again.
+
+        Reads every fence counter of every other node (SCAN), raises this node's
+        counters to the highest value found (never lowers one) and then gives it the
+        status ``trusted``. Afterwards the node holds at least every fence handed out
+        before the reads, as if it had never lost its state, so another node may lose
+        its state next (see `locking.fencing`). Every node must answer, and every
+        other node must have a status (two nodes without one mean two losses: the
+        counters a repair would read may be too low). Safe to run at any time and
+        again: it only raises counters; a node that is ``trusted`` already is left
+        alone. A node that loses its state during the repair makes it fail.
+
+        :param name: the node's ``host:port`` (one of `node_names`).
+        :returns: how many counters were raised.
+        :raises ValueError: ``name`` is not a configured node.
+        :raises FenceRepairFailed: a node did not answer, another node has no status,
+            or the node lost its state (or another repair took over) meanwhile.
+        """
+        names = self._nodes.names
+        if name not in names:
+            raise ValueError(f"{name!r} is not one of the lock's nodes {names!r}")
+        target = names.index(name)
+        status = f"repairing {secrets.token_hex(8)}"
+        started = self._repair_step(target, [], status, "start")
+        if started == 0:
+            return 0  # trusted already
+        highest: dict[str, int] = {}
+        for index, other in enumerate(names):
+            if index == target:
+                continue
+            if self._ask(index, self._commands.fence_status(), name) is None:
+                raise FenceRepairFailed(
+                    node=name, reason=f"{other} has no fence status (it lost its state too)"
+                )
+            for resource, value in self._counters_of(index, name):
+                highest[resource] = max(value, highest.get(resource, 0))
+        raised = 0
+        resources = sorted(highest)
+        for at in range(0, len(resources), _REPAIR_BATCH):
+            batch = resources[at : at + _REPAIR_BATCH]
+            raised += self._repair_step(
+                target, batch, status, "raise", [highest[resource] for resource in batch]
+            )
+        self._repair_step(target, [], status, "finish")
+        logger.warning(
+            "Lock node %r repaired: %d fence counters raised, it vouches for them again.",
+            name,
+            raised,
+        )
+        return raised
+
+    def _ask(self, index: int, payload: bytes, repaired: str) -> object:
+        """One request to one node for `repair_node`; raise on node trouble."""
+        reply = self._nodes.ask(index, payload)
+        if isinstance(reply, NodeError):
+            raise FenceRepairFailed(node=repaired, reason=str(reply))
+        return reply
+
+    def _counters_of(self, index: int, repaired: str) -> Iterator[tuple[str, int]]:
+        """Yield every fence counter of the node at ``index``, resource and value."""
+        cursor = 0
+        while True:
+            reply = self._ask(index, self._commands.scan_counters(cursor), repaired)
+            if not (isinstance(reply, list) and len(reply) == 2):
+                raise FenceRepairFailed(node=repaired, reason=f"unexpected SCAN reply {reply!r}")
+            keys = [key for key in reply[1] if isinstance(key, bytes)]
+            if keys:
+                resources = [self._commands.resource_of(key) for key in keys]
+                values = self._ask(index, self._commands.read_counters(resources), repaired)
+                if not isinstance(values, list):
+                    raise FenceRepairFailed(node=repaired, reason=f"unexpected {values!r}")
+                for resource, value in zip(resources, values, strict=True):
+                    if isinstance(value, bytes) and value.isdigit():
+                        yield resource, int(value)
+            cursor = int(reply[0])
+            if cursor == 0:
+                return
+
+    def _repair_step(
+        self,
+        index: int,
+        resources: Sequence[str],
+        status: str,
+        step: str,
+        values: Sequence[int] = (),
+    ) -> int:
+        reply = self._ask(
+            index, self._commands.repair(resources, status, step, values), self._nodes.names[index]
+        )
+        if not isinstance(reply, int) or reply < 0:
+            raise FenceRepairFailed(
+                node=self._nodes.names[index],
+                reason="it lost its state again, or another repair took over: run it again",
+            )
+        return reply
+
     def wait_released(self, resources: str | Sequence[str], *, timeout_ms: float) -> bool:
         """Block until a lease on any of ``resources`` is released, or ``timeout_ms`` passes.
 
@@ -297,7 +404,9 @@ class Redlock:
         one blocked waiter takes, first come first served. This waits on one node,
         the first trusted one that takes the request; when none can, it sleeps the
         timeout instead. Returns True when woken by a release, False on timeout or
-        node trouble.
+        node trouble. A node answers a wait that timed out up to one server tick
+        late, so the node counts as late only `WAIT_REPLY_SLACK_MS` plus the read
+        timeout after ``timeout_ms``.
 
         :param timeout_ms: the longest wait, in milliseconds.
         """
@@ -307,8 +416,7 @@ class Redlock:
         started_s = self._clock()
         reply = self._wait_nodes.ask_one(
             self._commands.wait_released(names, timeout_ms),
-            # The node's I/O runs on the real monotonic clock, whatever the lock's is.
-            deadline_s=time.monotonic() + timeout_ms / 1000 + self._read_timeout_s,
+            reply_within_s=(timeout_ms + WAIT_REPLY_SLACK_MS) / 1000 + self._read_timeout_s,
             skip=self._nodes.suspects(),
         )
         if isinstance(reply, list):
@@ -415,6 +523,13 @@ class Redlock:
 
 
 def _check_ttl(ttl_ms: object) -> None:
-    """Raise `ValueError` unless ``ttl_ms`` is an int TTL larger than its drift."""
-    if not isinstance(ttl_ms, int) or isinstance(ttl_ms, bool) or ttl_ms <= drift_ms(ttl_ms):
-        raise ValueError(f"ttl_ms must be an int larger than the drift, got {ttl_ms!r}")
+    """Raise `ValueError` unless ``ttl_ms`` is an int TTL larger than its drift and at
+    most `MAX_TTL_MS`."""
+    if (
+        not isinstance(ttl_ms, int)
+        or isinstance(ttl_ms, bool)
+        or not drift_ms(ttl_ms) < ttl_ms <= MAX_TTL_MS
+    ):
+        raise ValueError(
+            f"ttl_ms must be an int larger than the drift and at most {MAX_TTL_MS}, got {ttl_ms!r}"
+        )

@@ -38,7 +38,8 @@ return redis.status_reply('OK')
 # The node's fence status (KEYS[2n + 1] below, the fence prefix itself: no resource
 # name is empty) says which of its counters can be trusted (`locking.fencing`):
 # "trusted": all of them (an absent counter is 0); "recovering": the node lost its
-# state once, and only counters written back since (present ones) are; absent:
+# state once, and only counters written back since (present ones) are (any other
+# value, "repairing <nonce>" while `REPAIR_NODE` runs, means the same); absent:
 # the node is new or lost its state, and none is until a client decides which.
 
 # KEYS: n lock keys, then their n fence counters, then the node's fence status;
@@ -139,6 +140,51 @@ end
 return 1
 """)
 
+# KEYS: counters of one node, any number; no ARGV.
+# Returns each counter's value (as a string), or false where it is absent. For
+# `Redlock.repair_node`, which reads the counters of every other node.
+READ_COUNTERS = Script("""
+local values = {}
+for i = 1, #KEYS do
+  values[i] = redis.call('get', KEYS[i])
+end
+return values
+""")
+
+# KEYS: counters of the node under repair, then its fence status; ARGV[1]: the
+# status the repair gave it ("repairing <nonce>"); ARGV[2]: "start", "raise" or
+# "finish"; ARGV[3...]: with "raise", one value per counter.
+# "start" gives the node ARGV[1] unless it is "trusted" already (then returns 0:
+# nothing to repair) and returns 1; a repair that was cut short is taken over.
+# "raise" and "finish" act only while the status is still ARGV[1] (else -1: the
+# node lost its state again, or another repair took over): "raise" lifts every
+# counter below its value (never lowers one) and returns how many it lifted;
+# "finish" makes the node "trusted" and returns 1.
+REPAIR_NODE = Script("""
+local n = #KEYS - 1
+local status = KEYS[n + 1]
+local now = redis.call('get', status)
+if ARGV[2] == 'start' then
+  if now == 'trusted' then return 0 end
+  redis.call('set', status, ARGV[1])
+  return 1
+end
+if now ~= ARGV[1] then return -1 end
+if ARGV[2] == 'finish' then
+  redis.call('set', status, 'trusted')
+  return 1
+end
+local lifted = 0
+for i = 1, n do
+  local value = tonumber(ARGV[2 + i])
+  if tonumber(redis.call('get', KEYS[i]) or '0') < value then
+    redis.call('set', KEYS[i], ARGV[2 + i])
+    lifted = lifted + 1
+  end
+end
+return lifted
+""")
+
 # KEYS: the lock keys of the lease; ARGV[1]: token; ARGV[2]: ttl in ms.
 # Returns 1 when every key still holds the token (and now lives ttl ms more),
 # 0 otherwise; a key that expired is never recreated.
@@ -186,6 +232,8 @@ ALL_SCRIPTS = (
     READ_FENCE,
     COMMIT_FENCE,
     ADVANCE_FENCE,
+    READ_COUNTERS,
+    REPAIR_NODE,
     EXTEND,
     RELEASE,
 )

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 DRIFT_FACTOR = 0.01
 #: ... plus 2 ms for the resolution of the nodes' expiry timers.
 DRIFT_FLOOR_MS = 2
+#: The longest TTL the lock asks a node for (2**40 ms, about 35 years). Redis refuses
+#: an expiry that overflows its millisecond clock (about 2**63 ms minus the time now)
+#: with an error reply, which would cost a held lease on extend: refused up front.
+MAX_TTL_MS = 2**40
 
 
 def quorum(node_count: int) -> int:

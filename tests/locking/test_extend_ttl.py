@@ -8,7 +8,7 @@ import redis
 from locking import Redlock, ReleaseOutcome
 
 
-@pytest.mark.parametrize("ttl_ms", [-1, 0, 1, 2, 2.5, True, "5000"])
+@pytest.mark.parametrize("ttl_ms", [-1, 0, 1, 2, 2.5, True, "5000", 2**40 + 1])
 def test_extend_with_a_bad_ttl_raises_and_keeps_the_lease(
     redlock: Redlock, clients: list[redis.Redis], ttl_ms: object
 ) -> None:

@@ -12,6 +12,7 @@ import redis
 from locking import NO_RETRY, LockContended, Redlock, ReleaseOutcome
 from locking.commands import is_grant, refusal
 from locking.fencing import GENESIS, RECOVERING, Plan, Report, Trust, plan
+from locking.scripts import REPAIR_NODE
 from tests.locking import _procs
 from tests.locking._support import FOREIGN, MakeRedlock
 from tests.spawners import freeze_server, kill_server, thaw_server
@@ -214,6 +215,9 @@ T, U, N = Trust.TRUSTED, Trust.UNTRUSTED, Trust.UNKNOWN
         ([(1, N), (5, T), (5, T)], [True] * 3, Plan(5, True, RECOVERING, True)),
         # A new cluster: every node trusted from its counter, written back.
         ([(3, N), (1, N), (1, N)], [True] * 3, Plan(3, True, GENESIS, True)),
+        # Two nodes without a status, the third silent: a new node and one that lost
+        # its state look new, so not GENESIS; read the others first.
+        ([(1, N), (1, N), None], [True, True, False], None),
         # One trusted granting node is not a majority: read the others first.
         ([(1, N), None, (3, T)], [True, False, True], None),
         ([(1, U), None, (3, T)], [True, False, True], None),
@@ -230,11 +234,18 @@ def test_plan_after_reading_uses_the_other_nodes_counter() -> None:
     known = [Report(1, Trust.UNKNOWN), Report(5, Trust.TRUSTED), Report(3, Trust.TRUSTED)]
     assert plan(known, [True, False, True], read_all=True) == Plan(5, True, RECOVERING, True)
     # Two nodes untrusted for the resource: the third must answer, and then it has
-    # every fence that was not lost (it is the only node that can hold one).
+    # every fence that was not lost (it is the only node that can hold one); but one
+    # trusted counter is not a majority: both holders of the last fence may have lost
+    # it (two losses, the second before the first node was repaired), so not backed.
     reports: list[Report | None] = [Report(1, Trust.UNTRUSTED), Report(2, Trust.UNTRUSTED), None]
     assert plan(reports, [True, True, False], read_all=True) is None
     reports[2] = Report(3, Trust.TRUSTED)
-    assert plan(reports, [True, True, False], read_all=True) == Plan(3, True, RECOVERING, True)
+    assert plan(reports, [True, True, False], read_all=True) == Plan(3, True, RECOVERING, False)
+    # Two nodes without a status and the third silent even after the read: given up.
+    unknown: list[Report | None] = [Report(1, Trust.UNKNOWN), Report(1, Trust.UNKNOWN), None]
+    assert plan(unknown, [True, True, False], read_all=True) is None
+    unknown[2] = Report(5, Trust.TRUSTED)  # it answers: it has the fence; the others recover
+    assert plan(unknown, [True, True, False], read_all=True) == Plan(5, True, RECOVERING, False)
     # No node vouches for its counter: best effort, and said so.
     reports[2] = Report(3, Trust.UNTRUSTED)
     assert plan(reports, [True, True, False], read_all=True) == Plan(3, True, RECOVERING, False)
@@ -331,3 +342,48 @@ def test_advance_fence_creates_no_counter_a_recovering_node_would_vouch_for(
     with redlock.lock("b", ttl_ms=2000, fence=True) as lease:
         assert lease.fence == 51
     assert [client.get("redlock-fence:b") for client in clients] == [b"51"] * 3
+
+
+def test_repair_raises_every_counter_of_a_node_that_lost_its_state(
+    redlock: Redlock, clients: list[redis.Redis]
+) -> None:
+    """More counters than one SCAN step and one write batch; the highest of the others'."""
+    redlock.release(redlock.acquire("r", ttl_ms=1000, fence=True))  # every node trusted
+    for client in clients[1:]:
+        client.mset({f"redlock-fence:sku:{i}": i for i in range(1200)})
+    clients[2].set("redlock-fence:sku:7", 70)  # the other nodes disagree: the highest wins
+    clients[0].flushall()  # node 0 lost its state
+    clients[0].set("redlock-fence:sku:9", 90)  # written back since: never lowered
+    # Raised: r and every sku but sku:0 (0: nothing to raise) and sku:9 (90 stays).
+    assert redlock.repair_node(redlock.node_names[0]) == 1 + 1198
+    assert clients[0].get("redlock-fence:") == b"trusted"
+    assert int(clients[0].get("redlock-fence:sku:7") or 0) == 70
+    assert int(clients[0].get("redlock-fence:sku:9") or 0) == 90
+    assert int(clients[0].get("redlock-fence:sku:1199") or 0) == 1199
+    assert clients[0].get("redlock-fence:r") == b"1"
+
+
+def test_a_repair_step_after_the_node_lost_its_state_again_does_nothing(
+    clients: list[redis.Redis],
+) -> None:
+    node = clients[0]
+
+    def step(status: str, action: str, *values: int) -> object:
+        keys = ["redlock-fence:a"] if values else []
+        return node.eval(
+            REPAIR_NODE.body, len(keys) + 1, *keys, "redlock-fence:", status, action, *values
+        )
+
+    assert step("repairing 1", "start") == 1
+    assert node.get("redlock-fence:") == b"repairing 1"
+    node.flushall()  # lost its state during the repair
+    node.set("redlock-fence:", "recovering")  # and a fenced lease marked it again
+    assert step("repairing 1", "raise", 9) == -1
+    assert step("repairing 1", "finish") == -1
+    assert node.get("redlock-fence:") == b"recovering"  # not trusted with missing counters
+    assert node.get("redlock-fence:a") is None
+    assert step("repairing 2", "start") == 1  # a new repair takes over
+    assert step("repairing 2", "raise", 9) == 1
+    assert step("repairing 2", "finish") == 1
+    assert node.get("redlock-fence:") == b"trusted"
+    assert step("repairing 3", "start") == 0  # trusted: nothing to repair

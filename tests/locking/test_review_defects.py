@@ -1,8 +1,7 @@
 """Defects found by the adversarial review of the lock, each reproduced on real nodes.
 
-Every test here fails on the code it was written against and is marked
-``xfail(strict=True)`` with the defect's name: the suite stays green, and a fix
-turns the mark into an error that asks for its removal.
+Every test here failed on the code the review was written against (each was a
+strict xfail until its fix landed); they stay as regression tests.
 """
 
 from __future__ import annotations
@@ -13,17 +12,19 @@ import time
 import pytest
 import redis
 
-from locking import NO_RETRY, NodeError, Redlock, RetryPolicy
+from locking import (
+    NO_RETRY,
+    FenceRepairFailed,
+    LockContended,
+    NodeError,
+    Redlock,
+    RetryPolicy,
+)
 from tests.locking._support import FOREIGN, MakeRedlock
+from tests.spawners import freeze_server, kill_server, thaw_server
 from worker.demo.redis_server import RedisServer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="liveness: a NOSCRIPT reply (script cache flushed on the node: SCRIPT FLUSH, "
-    "or a connection that outlived the node's script cache) is never repaired; every "
-    "EVALSHA on that connection fails until something else replaces it",
-)
 def test_a_flushed_script_cache_does_not_lose_the_lock_for_good(
     redlock: Redlock, clients: list[redis.Redis]
 ) -> None:
@@ -35,12 +36,6 @@ def test_a_flushed_script_cache_does_not_lose_the_lock_for_good(
     assert lease.fence is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="liveness: a release skips a suspect node whose connection is closed "
-    "(Suspects.SEND), so a waiter blocked on that node (which it trusts) is not woken "
-    "and sleeps its whole timeout; e.g. after the holder met one refused connection",
-)
 def test_a_release_wakes_a_waiter_on_a_node_the_holder_found_refusing(
     make_redlock: MakeRedlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
 ) -> None:
@@ -67,105 +62,151 @@ def test_a_release_wakes_a_waiter_on_a_node_the_holder_found_refusing(
     assert time.monotonic() - started < 0.6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cosmetic: extend() validates only the lower bound of ttl_ms; a TTL the nodes "
-    "refuse (PEXPIRE overflow) comes back as an error reply from every node and marks a "
-    "live lease lost (LeaseLost) instead of a ValueError that leaves it in place",
-)
 def test_extend_with_a_ttl_the_nodes_refuse_leaves_the_lease_in_place(
     redlock: Redlock, clients: list[redis.Redis]
 ) -> None:
     lease = redlock.acquire("k", ttl_ms=5000)
     with pytest.raises(ValueError):
         redlock.extend(lease, ttl_ms=2**63 - 1)
-    assert lease.is_valid()
+    assert lease.is_valid  # a property; the review called it, unseen since raises failed first
+    lease.check()
     assert [client.get("redlock:k") for client in clients] == [lease.token.encode()] * 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="safety (fencing): the README's operator rule (another node may go once the "
-    "first reads 'recovering') cannot ensure its other condition (not every holder of a "
-    "SKU's last fence loses it before a lease of that SKU wrote back); here both holders "
-    "lose it, the third node still vouches (trusted) for its older counter, plan() calls "
-    "the lower fence backed (trusted > 0, no warning) and the fence goes down (4 then 3)",
-)
-def test_fence_survives_two_losses_one_after_the_other_as_the_readme_allows(
-    make_redlock: MakeRedlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
-) -> None:
-    ttl_ms = 300
-    redlock = make_redlock(read_timeout_ms=100, suspect_ms=200)
+def _fences_held_by_nodes_0_and_1(
+    redlock: Redlock, lock_nodes: list[RedisServer], clients: list[redis.Redis], ttl_ms: int
+) -> int:
+    """Hand out fences that only nodes 0 and 1 hold (node 2 lags); return the last."""
     with redlock.lock("r", ttl_ms=ttl_ms, fence=True):
         pass  # genesis: every node trusted, counter 1 everywhere
-    lock_nodes[2].freeze()
+    freeze_server(lock_nodes[2])
     try:
         for _ in range(3):  # node 2 is silent, then skipped: nodes 0 and 1 hold the fences
             with redlock.lock("r", ttl_ms=ttl_ms, fence=True) as lease:
                 last = lease.fence or 0
     finally:
-        lock_nodes[2].thaw()
+        thaw_server(lock_nodes[2])
     # Node 2 ran only the first, timed-out request late: its counter stays lower.
     assert int(clients[2].get("redlock-fence:r") or 0) < last
     time.sleep(0.3)  # node 2's suspicion ends
-    # Node 0 loses its state and stays out longer than any lease.
-    lock_nodes[0].kill()
+    return last
+
+
+def _lose_state(lock_nodes: list[RedisServer], index: int, ttl_ms: int) -> None:
+    """Node ``index`` loses its state and stays out longer than any lease."""
+    kill_server(lock_nodes[index])
     time.sleep(2 * ttl_ms / 1000)
-    lock_nodes[0].start()
+    lock_nodes[index].start()
+
+
+def test_two_losses_without_a_repair_are_reported_not_backed(
+    make_redlock: MakeRedlock,
+    lock_nodes: list[RedisServer],
+    clients: list[redis.Redis],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The README's former rule (another node may go once the first reads
+    'recovering') lets both holders of the last fence lose it; the third node still
+    vouches for its older counter. The fence may go down then (4, then 3): it must
+    not be called backed (before the fix: trusted > 0 sufficed, and no warning)."""
+    ttl_ms = 300
+    redlock = make_redlock(read_timeout_ms=100, suspect_ms=200)
+    last = _fences_held_by_nodes_0_and_1(redlock, lock_nodes, clients, ttl_ms)
+    _lose_state(lock_nodes, 0, ttl_ms)
     with redlock.lock("other", ttl_ms=ttl_ms, fence=True):
-        pass  # a fenced lease reaches node 0: it reads "recovering", as the README asks
-    assert redis.Redis(port=lock_nodes[0].port).get("redlock-fence:") == b"recovering"
-    # Now node 1 may go, by the README's rule.
-    lock_nodes[1].kill()
-    time.sleep(2 * ttl_ms / 1000)
-    lock_nodes[1].start()
+        pass  # a fenced lease reaches node 0: it reads "recovering"
+    assert clients[0].get("redlock-fence:") == b"recovering"
+    _lose_state(lock_nodes, 1, ttl_ms)
     time.sleep(0.3)  # the lock's suspicion of nodes 0 and 1 (refused connections) ends
+    caplog.clear()
+    lease = redlock.acquire("r", ttl_ms=ttl_ms, fence=True, retry=NO_RETRY)
+    assert lease.fence is not None
+    if lease.fence <= last:
+        assert "is not backed by a majority of trusted counters" in caplog.text
+
+
+def test_fence_survives_two_losses_one_after_the_other_as_the_readme_allows(
+    make_redlock: MakeRedlock,
+    lock_nodes: list[RedisServer],
+    clients: list[redis.Redis],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The README's rule: after a node lost its state, repair it (its status reads
+    'trusted' again) before another node may lose its state."""
+    ttl_ms = 300
+    redlock = make_redlock(read_timeout_ms=100, suspect_ms=200)
+    last = _fences_held_by_nodes_0_and_1(redlock, lock_nodes, clients, ttl_ms)
+    _lose_state(lock_nodes, 0, ttl_ms)
+    time.sleep(0.3)  # node 0 is no longer suspected (refused while it was down)
+    assert redlock.repair_node(redlock.node_names[0]) == 1  # counter r raised to `last`
+    assert clients[0].get("redlock-fence:") == b"trusted"
+    assert clients[0].get("redlock-fence:r") == str(last).encode()
+    assert redlock.repair_node(redlock.node_names[0]) == 0  # trusted: nothing to do
+    _lose_state(lock_nodes, 1, ttl_ms)  # now node 1 may go, by the README's rule
+    time.sleep(0.3)
+    caplog.clear()
     lease = redlock.acquire("r", ttl_ms=ttl_ms, fence=True, retry=NO_RETRY)
     assert lease.fence is not None and lease.fence > last, (lease.fence, last)
+    assert "not backed" not in caplog.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="safety (fencing): a node that has no status yet (new, never reached by a "
-    "fenced lease) plus ONE node that loses its state make a majority without status, "
-    "which plan() takes for a new cluster (GENESIS, counters trusted from 0) without "
-    "reading the third node: the fence restarts at 1. The README's rule ('one node at a "
-    "time') omits fencing.py's 'every node has a status' condition",
-)
+def test_a_repair_needs_every_other_node_to_have_a_status(
+    redlock: Redlock, clients: list[redis.Redis]
+) -> None:
+    redlock.release(redlock.acquire("r", ttl_ms=1000, fence=True))  # every node trusted
+    for client in clients[:2]:
+        client.flushall()  # two nodes lost their state: a repair would read too little
+    with pytest.raises(FenceRepairFailed, match="has no fence status"):
+        redlock.repair_node(redlock.node_names[0])
+    assert clients[0].get("redlock-fence:") != b"trusted"
+    with pytest.raises(ValueError):
+        redlock.repair_node("127.0.0.1:1")
+
+
 def test_fence_survives_one_loss_while_a_late_joining_node_has_no_status(
     make_redlock: MakeRedlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
 ) -> None:
+    """Two nodes without a status may be a new one and one that lost its state: the
+    counters are trusted from 0 (a new cluster) only when every node answered."""
     ttl_ms = 300
     redlock = make_redlock(read_timeout_ms=100, suspect_ms=200)
     lock_nodes[2].stop()  # node 2 is down when the cluster starts
     try:
-        for _ in range(4):
-            with redlock.lock("r", ttl_ms=ttl_ms, fence=True) as lease:
-                last = lease.fence or 0
+        with pytest.raises(LockContended):  # before the fix: fences 1, 2, ... from two nodes
+            redlock.acquire("r", ttl_ms=ttl_ms, fence=True, retry=NO_RETRY)
     finally:
         lock_nodes[2].start()  # it joins empty, with no status yet
-    assert last == 4
-    # One node loses its state (the first loss: the README asks nothing before it).
-    lock_nodes[0].kill()
+    # The review's state: nodes 0 and 1 hold fence 4 and vouch for it, node 2 has no
+    # status (reachable: it refused the leases, another holder's key was there).
+    for client in clients[:2]:
+        client.set("redlock-fence:", "trusted")
+        client.set("redlock-fence:r", 4)
+    last = 4
+    # Node 0 loses its state (the first loss), and node 1, the one that kept the
+    # fences, is slow right now.
+    kill_server(lock_nodes[0])
     time.sleep(2 * ttl_ms / 1000)
     lock_nodes[0].start()
     time.sleep(0.3)  # suspicions end
-    lock_nodes[1].freeze()  # node 1, the one that kept the fences, is slow right now
+    freeze_server(lock_nodes[1])
     try:
-        lease = redlock.acquire("r", ttl_ms=ttl_ms, fence=True, retry=NO_RETRY)
+        # Nodes 0 and 2 grant without a status: not taken for a new cluster (before
+        # the fix: GENESIS, fence 1); node 1 is silent, so the attempt is given up.
+        with pytest.raises(LockContended):
+            redlock.acquire("r", ttl_ms=ttl_ms, fence=True, retry=NO_RETRY)
     finally:
-        lock_nodes[1].thaw()
+        thaw_server(lock_nodes[1])
+    time.sleep(0.3)  # node 1 is no longer suspected
+    lease = redlock.acquire("r", ttl_ms=ttl_ms, fence=True, retry=NO_RETRY)
     assert lease.fence is not None and lease.fence > last, (lease.fence, last)
+    # Nodes 0 and 2 are recovering: they vouch only for what was written back.
+    assert [client.get("redlock-fence:") for client in clients] == [
+        b"recovering",
+        b"trusted",
+        b"recovering",
+    ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="observability/liveness: a wait that simply times out is reported as a node "
-    "failure. The node answers BLPOP's timeout up to one server tick (1000/hz = 100 ms) "
-    "late, past the wait's read deadline (timeout + read_timeout_ms): the node is marked "
-    "down (WARNING, on_node_error 'timeout', error metric) and suspect, and with every node "
-    "suspect the waits stop blocking on nodes at all (no wake-up can reach them)",
-)
 def test_a_wait_that_times_out_is_not_a_node_failure(
     make_redlock: MakeRedlock, clients: list[redis.Redis]
 ) -> None:

@@ -126,6 +126,9 @@ def test_a_release_wakes_a_waiter_on_a_node_the_holder_skipped(
     holder, waiter = make_redlock(), make_redlock()
     holder.ping()
     waiter.wait_released("w", timeout_ms=1)  # connects
+    # The waiter trusts node 0, so it blocks there (the first node), not on a node the
+    # holder reaches: a late answer to this first wait must not make it suspect node 0.
+    assert waiter._wait_nodes.suspects() == [False] * 3
     freeze_server(lock_nodes[0])
     try:
         holder.ping()  # node 0 times out: the holder suspects it for a second

@@ -69,6 +69,13 @@ def _parser(*, with_demo: bool) -> argparse.ArgumentParser:
     )
     check.set_defaults(run=_check)
 
+    repair = commands.add_parser(
+        "repair-lock-node",
+        help="make a lock node that lost its state vouch for its fence counters again",
+    )
+    repair.add_argument("node", help="the node's host:port, as in REDLOCK_NODES")
+    repair.set_defaults(run=_repair_lock_node)
+
     exporter = commands.add_parser(
         "exporter", help="serve the database-derived metrics (open orders) on /metrics"
     )
@@ -172,6 +179,22 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     if health.failed(strict=args.strict):
         return 1
     print("configuration OK" if not health.warnings else "configuration OK (degraded)")
+    return 0
+
+
+def _repair_lock_node(args: argparse.Namespace, settings: Settings) -> int:
+    from locking import FenceRepairFailed
+    from worker.wiring import build_redlock
+
+    redlock = build_redlock(settings)
+    try:
+        raised = redlock.repair_node(args.node)
+    except (ValueError, FenceRepairFailed) as error:
+        print(f"flashsale: repair of {args.node!r} failed: {error}", file=sys.stderr)
+        return 1
+    finally:
+        redlock.close()
+    print(f"lock node {args.node} repaired: {raised} fence counter(s) raised, status trusted")
     return 0
 
 

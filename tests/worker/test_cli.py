@@ -10,8 +10,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import Engine, func, select
 
+from locking import Redlock
 from tasks.db import session_factory
 from tasks.models import Product, StockMovement
 from tests.domain import TABLES, head_revision, record, schema, settle_now
@@ -150,6 +152,29 @@ def test_check_accepts_three_lock_nodes_and_refuses_two(
     two = flashsale("check", env={**env, "REDLOCK_NODES": ",".join(node_urls[:2])})
     assert two.returncode == 1
     assert "problem: REDLOCK_NODES has 2 node(s)" in two.stderr
+
+
+def test_repair_lock_node_brings_an_emptied_node_back_to_trusted(
+    lock_nodes: list[RedisServer], node_urls: list[str]
+) -> None:
+    env = {"REDLOCK_NODES": ",".join(node_urls)}
+    lock = Redlock(node_urls)
+    try:
+        for _ in range(3):  # fences 1..3 on every node, and every node's status
+            lock.release(lock.acquire("sku:A", ttl_ms=5000, fence=True))
+    finally:
+        lock.close()
+    first = f"127.0.0.1:{lock_nodes[0].port}"
+    with redis.Redis(port=lock_nodes[0].port) as node:
+        node.flushall()  # the node comes back empty
+        repaired = flashsale("repair-lock-node", first, env=env)
+        assert repaired.returncode == 0, repaired.stderr
+        assert "status trusted" in repaired.stdout
+        assert node.get("redlock-fence:") == b"trusted"
+        assert int(node.get("redlock-fence:sku:A") or 0) >= 3
+    unknown = flashsale("repair-lock-node", "127.0.0.1:1", env=env)
+    assert unknown.returncode == 1
+    assert "is not one of the lock's nodes" in unknown.stderr
 
 
 IMPORTS_AFTER_DB_UPGRADE = """

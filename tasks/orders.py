@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Uuid, bindparam, insert, select, text, update
+from sqlalchemy import Connection, Uuid, bindparam, case, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from tasks.errors import OrderConflict
-from tasks.models import ORDER_ITEMS, ORDERS, OrderStatus
+from tasks.models import OPEN, ORDER_ITEMS, ORDERS, OrderStatus
 from tasks.validation import OrderRequest
 
 
@@ -47,6 +47,8 @@ def is_postgresql(session: Executor) -> bool:
 def record_pending(session: Executor, request: OrderRequest) -> OrderState:
     """Insert the order as pending, or count one more delivery of an existing one.
 
+    An ``accepted`` order (stored by the intake record) becomes ``pending``.
+
     :raises OrderConflict: the id exists with a different customer or cart.
     """
     if is_postgresql(session):
@@ -73,14 +75,22 @@ def record_pending(session: Executor, request: OrderRequest) -> OrderState:
     statement = (
         _upsert(session, values)
         .on_conflict_do_update(
-            index_elements=[ORDERS.c.id], set_={"attempts": ORDERS.c.attempts + 1}
+            index_elements=[ORDERS.c.id],
+            set_={
+                "attempts": ORDERS.c.attempts + 1,
+                "delivered_at": datetime.now(UTC),
+                "status": case(
+                    (ORDERS.c.status == OrderStatus.ACCEPTED, OrderStatus.PENDING.value),
+                    else_=ORDERS.c.status,
+                ),
+            },
         )
         .returning(ORDERS.c.status, ORDERS.c.reason, ORDERS.c.payload_hash, ORDERS.c.attempts)
     )
     status, reason, payload_hash, attempts = session.execute(statement).one()
     if payload_hash != request.payload_hash:
         raise OrderConflict(request.order_id)
-    if attempts == 1:
+    if attempts == 1 and not _has_lines(session, request.order_id):
         session.execute(
             insert(ORDER_ITEMS),
             [
@@ -114,10 +124,10 @@ def record_rejected(
 
 
 def fail_pending(session: Executor, order_id: uuid.UUID, reason: str) -> OrderState | None:
-    """Mark a still-pending order failed with ``reason``; a decided order is left alone."""
+    """Mark a still-open order failed with ``reason``; a decided order is left alone."""
     session.execute(
         update(ORDERS)
-        .where(ORDERS.c.id == order_id, ORDERS.c.status == OrderStatus.PENDING)
+        .where(ORDERS.c.id == order_id, ORDERS.c.status.in_(OPEN))
         .values(status=OrderStatus.FAILED, reason=reason, decided_at=datetime.now(UTC))
     )
     return find_order(session, order_id)
@@ -131,6 +141,14 @@ def find_order(session: Executor, order_id: uuid.UUID) -> OrderState | None:
     if row is None:
         return None
     return OrderState(order_id, OrderStatus(row.status), row.reason, row.attempts)
+
+
+def _has_lines(session: Executor, order_id: uuid.UUID) -> bool:
+    """True when the order's lines are stored (an intake record stores them up front)."""
+    found = session.execute(
+        select(ORDER_ITEMS.c.sku).where(ORDER_ITEMS.c.order_id == order_id).limit(1)
+    ).first()
+    return found is not None
 
 
 def _upsert(session: Executor, values: dict[str, Any]) -> Any:

@@ -46,6 +46,8 @@ class Runtime:
     redlock: Redlock | None
     placer: OrderPlacer
     budget: RetryBudget
+    #: The relay's INTAKE_REPUBLISH_AFTER_S (see `tasks.relay`).
+    republish_after_s: float = 60.0
 
 
 class RuntimeNotConfigured(RuntimeError):

@@ -5,11 +5,16 @@ from __future__ import annotations
 from celery import Celery
 
 from tasks import runtime
+from tasks.relay import RELAY_TASK_NAME
 from worker.settings import Settings
 from worker.wiring import build_runtime
 
 
-def create_app(settings: Settings, *, include: tuple[str, ...] = ("tasks.place_order",)) -> Celery:
+def create_app(
+    settings: Settings,
+    *,
+    include: tuple[str, ...] = ("tasks.place_order", "tasks.relay_task"),
+) -> Celery:
     """Return the Celery app for ``settings``; nothing connects until a worker starts.
 
     :param include: task modules to register (benchmarks swap in a no-op task).
@@ -49,6 +54,15 @@ def create_app(settings: Settings, *, include: tuple[str, ...] = ("tasks.place_o
         task_send_sent_event=True,
         task_track_started=True,
         worker_hijack_root_logger=False,
+        # The intake relay (tasks.relay), sent by `celery -A worker beat`. A round
+        # that waited longer than one interval is dropped: the next one is coming.
+        beat_schedule={
+            "intake-relay": {
+                "task": RELAY_TASK_NAME,
+                "schedule": settings.intake_relay_interval_s,
+                "options": {"expires": settings.intake_relay_interval_s},
+            }
+        },
     )
     app.flashsale_settings = settings
     runtime.install(lambda: build_runtime(settings))

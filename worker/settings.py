@@ -58,6 +58,10 @@ class Settings:
         default=120.0, metadata={"env": "BROKER_VISIBILITY_TIMEOUT_S"}
     )
     db_pool_size: int = field(default=2, metadata={"env": "DB_POOL_SIZE"})
+    intake_relay_interval_s: float = field(default=5.0, metadata={"env": "INTAKE_RELAY_INTERVAL_S"})
+    intake_republish_after_s: float = field(
+        default=60.0, metadata={"env": "INTAKE_REPUBLISH_AFTER_S"}
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -89,6 +93,10 @@ class Settings:
                 "BROKER_VISIBILITY_TIMEOUT_S must exceed TASK_TIME_LIMIT_S + ORDER_RETRY_MAX_S, "
                 "or a slow task would be delivered twice"
             )
+        if self.intake_relay_interval_s <= 0:
+            problems.append("INTAKE_RELAY_INTERVAL_S must be above 0")
+        if self.intake_republish_after_s <= self.intake_relay_interval_s:
+            problems.append("INTAKE_REPUBLISH_AFTER_S must exceed INTAKE_RELAY_INTERVAL_S")
         if self.redlock_ttl_ms <= 100:
             problems.append("REDLOCK_TTL_MS must be above 100 ms")
         if not 0 <= self.redlock_handoff_ms < self.task_soft_time_limit_s * 1000:

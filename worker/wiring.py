@@ -51,4 +51,5 @@ def build_runtime(settings: Settings) -> Runtime:
             max_s=settings.order_retry_max_s,
             max_deliveries=settings.order_max_deliveries,
         ),
+        republish_after_s=settings.intake_republish_after_s,
     )

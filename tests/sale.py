@@ -12,7 +12,7 @@ from celery import Celery
 from sqlalchemy import Engine, func, select
 
 from tasks.db import session_factory
-from tasks.models import Order, OrderItem, OrderStatus, Product, StockMovement
+from tasks.models import OPEN, Order, OrderItem, OrderStatus, Product, StockMovement
 from tasks.validation import TASK_NAME
 
 
@@ -71,7 +71,8 @@ def wait_until_decided(engine: Engine, order_ids: list[str], *, timeout_s: float
                 .group_by(Order.status)
             ).all()
         counts = {str(status): n for status, n in rows}
-        if sum(counts.values()) == len(wanted) and not counts.get(OrderStatus.PENDING.value):
+        open_orders = sum(counts.get(status.value, 0) for status in OPEN)
+        if sum(counts.values()) == len(wanted) and not open_orders:
             return
         time.sleep(0.25)
     raise AssertionError(f"orders not all decided after {timeout_s} s: {counts} of {len(wanted)}")
@@ -101,8 +102,8 @@ def check_invariants(engine: Engine, order_ids: list[str]) -> SaleReport:
         statuses = dict(session.execute(select(Order.id, Order.status)).all())
         missing = wanted - statuses.keys()
         assert not missing, f"{len(missing)} enqueued orders have no row"
-        pending = [oid for oid, status in statuses.items() if status == OrderStatus.PENDING]
-        assert not pending, f"{len(pending)} orders still pending"
+        pending = [oid for oid, status in statuses.items() if status in OPEN]
+        assert not pending, f"{len(pending)} orders still pending or accepted"
         confirmed_units = dict(
             session.execute(
                 select(OrderItem.sku, func.sum(OrderItem.quantity))

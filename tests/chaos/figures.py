@@ -76,7 +76,9 @@ def figures(engine: Engine, order_ids: Iterable[str]) -> Figures:
         )
     )
     oversold, duplicates = scalar_rows(engine, _ANOMALIES_SQL)[0]
-    decided = sum(int(n) for status, n in by_status.items() if status != "pending")
+    decided = sum(
+        int(n) for status, n in by_status.items() if status not in ("pending", "accepted")
+    )
     return Figures(
         orders=len(wanted),
         confirmed=int(by_status.get("confirmed", 0)),
@@ -158,7 +160,7 @@ def lock_wait_percentile(
     value, count = scalar_rows(
         engine,
         "SELECT percentile_cont(:share) WITHIN GROUP (ORDER BY lock_wait_ms), count(lock_wait_ms)"
-        f" FROM orders WHERE status <> 'pending' AND {_DECIDED_IN_WINDOW}",
+        f" FROM orders WHERE status NOT IN ('pending', 'accepted') AND {_DECIDED_IN_WINDOW}",
         share=share,
         since=since,
         until=until,

@@ -17,8 +17,7 @@ from sqlalchemy import Engine, func, select
 from tasks.db import session_factory
 from tasks.models import ORDERS, OrderStatus
 from tasks.producer import submit_order
-from tests.sale import check_invariants, producer, random_carts, seed_products
-from tests.sale import wait_until_decided
+from tests.sale import check_invariants, producer, random_carts, seed_products, wait_until_decided
 from worker.stack import LocalStack
 
 #: A relay round every second; an order is a candidate 3 s after its publication.

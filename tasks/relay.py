@@ -8,9 +8,10 @@ Each round (every ``INTAKE_RELAY_INTERVAL_S``, run by Celery beat):
    ``republish_after_s`` and that no worker took for as long (``accepted``, or
    ``pending`` with an old ``delivered_at``) are *candidates*. During a flash sale
    the queue may hold minutes of backlog, so an old order is not a lost one. If
-   every candidate's message were still queued, the queue would hold at least as
-   many messages as there are candidates; so the relay republishes at most
-   ``candidates - queue length`` of them per round, oldest first. A backlog is
+   every candidate's message were still with the broker (queued, or delivered to
+   a worker that has not started it yet), the broker would hold at least as many
+   messages as there are candidates; so the relay republishes at most
+   ``candidates - messages held`` of them per round, oldest first. A backlog is
    therefore never republished, and a broker that lost its queue gets every
    candidate back in one round.
 
@@ -72,7 +73,8 @@ class OrderRelay:
 
     :param engine: the orders' database.
     :param publish: sends one ``tasks.place_order`` message (kwargs); raises on failure.
-    :param queue_length: messages waiting in the orders' broker queue.
+    :param queue_length: messages the broker holds for the workers (queued, and on
+        Redis also delivered but not acknowledged).
     :param republish_after_s: seconds after its last publication (and delivery)
         before an open order is a candidate for republication.
     :param batch_limit: orders published per round at most.
@@ -104,10 +106,13 @@ class OrderRelay:
         if failed:
             return RelayRound(published=published, failed=failed)
         stale = _stale(now - self._republish_after)
-        candidates = self._count(stale)
-        if not candidates:
+        if not self._count(stale):
             return RelayRound(published=published)
+        # The queue first, the candidates after: a message consumed in between leaves
+        # the candidates (its order is delivered) before it leaves the broker (acked),
+        # so the difference can only err on the side of republishing less.
         queued = self._queue_length()
+        candidates = self._count(stale)
         allowance = min(max(candidates - queued, 0), self._batch_limit - len(fresh))
         claimed = self._claim(stale, allowance, now) if allowance > 0 else []
         republished, failed = self._send(claimed, republication=True)

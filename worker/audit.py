@@ -38,6 +38,7 @@ class Audit:
     :param oversold_units: confirmed units beyond a SKU's initial stock, summed.
     :param ledger_problems: every disagreement of stock, movements and confirmed lines.
     :param lock_waits_ms: lock wait of each order decided by its own task (others are null).
+    :param republished: orders the intake relay published (``orders.republications``).
     """
 
     counts: dict[str, int]
@@ -46,6 +47,7 @@ class Audit:
     oversold_units: int
     ledger_problems: list[str]
     lock_waits_ms: list[float]
+    republished: int = 0
 
 
 def status_counts(engine: Engine, scope: SaleScope) -> dict[str, int]:
@@ -96,6 +98,9 @@ def audit_sale(engine: Engine, scope: SaleScope) -> Audit:
             select(Order.lock_wait_ms).where(mine, Order.lock_wait_ms.is_not(None))
         ).scalars()
         lock_waits_ms = sorted(float(wait) for wait in waits if wait is not None)
+        republished = connection.execute(
+            select(func.count()).where(mine, Order.republications > 0)
+        ).scalar_one()
     problems = _ledger_problems(scope.skus, products, confirmed, moved)
     if stray:
         problems.append(f"{stray} stock movements belong to orders that are not confirmed")
@@ -109,6 +114,7 @@ def audit_sale(engine: Engine, scope: SaleScope) -> Audit:
         ),
         ledger_problems=problems,
         lock_waits_ms=lock_waits_ms,
+        republished=int(republished),
     )
 
 

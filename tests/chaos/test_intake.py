@@ -116,6 +116,20 @@ def relayed(engine: Engine, ids: list[str]) -> tuple[int, int]:
     return int(orders), int(total)
 
 
+def undecided(engine: Engine, ids: list[str]) -> list[str]:
+    """What the database says of up to 5 orders still open (for the report of a failure)."""
+    keys = [uuid.UUID(order_id) for order_id in ids]
+    columns = (ORDERS.c.id, ORDERS.c.status, ORDERS.c.attempts, ORDERS.c.republications,
+               ORDERS.c.created_at, ORDERS.c.published_at, ORDERS.c.delivered_at)  # fmt: skip
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(*columns)
+            .where(ORDERS.c.id.in_(keys), ORDERS.c.status.in_(["accepted", "pending"]))
+            .limit(5)
+        ).all()
+    return [" ".join(str(value) for value in row) for row in rows]
+
+
 def run_sale(
     stack: LocalStack,
     observer: Engine,
@@ -177,6 +191,7 @@ def test_redis_broker_killed_and_restarted_while_workers_consume(
         relayed_orders=orders,
         relay_publications=publications,
         decided_s_after_fault=decided_after_s,
+        undecided=undecided(observer, sale.ids),
         slowest_submit_s=round(web.slowest_s, 2),
         workers_alive=alive,
     )
@@ -218,6 +233,7 @@ def test_the_web_apps_broker_link_down_while_it_submits(
         relayed_orders=orders,
         relay_publications=publications,
         decided_s_after_fault=decided_after_s,
+        undecided=undecided(observer, sale.ids),
         slowest_submit_s=round(web.slowest_s, 2),
     )
     assert_sound(observer, sale.ids, result)
@@ -255,6 +271,7 @@ def test_a_broker_restarted_empty_loses_its_queue_and_the_relay_refills_it(
         relayed_orders=orders,
         relay_publications=publications,
         decided_s_after_fault=decided_after_s,
+        undecided=undecided(observer, sale.ids),
     )
     assert_sound(observer, sale.ids, result)
     assert lost_queue[0] == ORDERS_PER_SALE

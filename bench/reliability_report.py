@@ -97,13 +97,27 @@ SCENARIOS = {
     "order decided and the first probe lease must come within 2 s of the heal. Control: "
     "node 2, the only node A and B share, is wiped every 30 ms: the lease check must "
     "find overlaps.",
+    "11": "The intake record: sales of 300 orders submitted by a web thread, each in its "
+    "own PostgreSQL transaction (`submit_order(..., session=...)`), published after the "
+    "commit; `celery beat` sends a relay round every second and an open order is a "
+    "candidate 5 s after its last publication. Broker killed: the Redis broker (AOF) is "
+    "SIGKILLed and restarted on its port and data three times while the workers consume "
+    "(a message popped by a worker when the broker dies is lost: its order is still "
+    "`accepted` or `pending` in the database). Web link down: the web app reaches the "
+    "broker through a link that refuses connections for 180 submissions: every "
+    "submission still succeeds. Queue lost: a broker without persistence is restarted "
+    "empty with the whole sale queued; the relay must publish each order once, and only "
+    "once. Every order must be decided; the time is from the end of the fault until the "
+    "last decision.",
 }
 
 DECISIONS = """\
 ## Decisions
 
 - **The broker persists (AOF, `appendfsync always`).** Without persistence a broker
-  restart empties the queue: every order accepted but not yet consumed is lost. The
+  restart empties the queue: every order only handed to the broker and not yet
+  consumed is lost; those taken through the intake record come back through the
+  relay (scenario 11), at the cost of `INTAKE_REPUBLISH_AFTER_S` of delay. The
   lock nodes are separate servers and should also run with AOF: the fence counters
   must survive a crash (scenario 4).
 - **The database is the correctness layer.** In every scenario the lock was degraded,
@@ -116,12 +130,13 @@ DECISIONS = """\
 
 ## Known gaps (not in the suite; details in the chaos suite's report to the lead)
 
-- **Broker restart while workers consume loses in-flight messages.** kombu's Redis
+- **Orders only handed to the broker can still be lost with it.** kombu's Redis
   transport pops a message (BRPOP) before it records it as unacknowledged; a message
-  in flight when the connection drops vanishes, and with it an order the producer was
-  told was accepted (1 order in 2 of 4 runs of 2,000). Not fixable by configuration:
-  needs an outbox/reconciliation keyed by order id, or a broker that redelivers on
-  disconnect.
+  in flight when the connection drops vanishes (1 order in 2 of 4 runs of 2,000 while
+  the broker restarted under consuming workers), and a broker that loses its data
+  loses its queue. Orders submitted through the intake record are not lost this way
+  (scenario 11: the relay publishes them again); orders sent with `send_task`, or
+  `submit_order` without `session`, are as safe as the broker.
 - **Release right after a lock node restart does not reach that node.** The stale
   connection fails the release round (`UNCONFIRMED`); with AOF the key then lingers
   on the restarted node for the rest of its TTL.

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: The relay task's public name (the beat schedule sends it; `tasks.relay_task`).
 RELAY_TASK_NAME = "tasks.relay_orders"
+#: The queue of the relay's rounds (workers consume it besides the orders' queue).
+RELAY_QUEUE = "flashsale.relay"
 #: Orders published per round at most; the rest wait for the next round.
 RELAY_BATCH_LIMIT = 1000
 

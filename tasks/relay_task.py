@@ -1,8 +1,9 @@
 """The periodic task ``tasks.relay_orders``: one relay round, scheduled by Celery beat.
 
-Beat sends it every ``INTAKE_RELAY_INTERVAL_S`` with that interval as its expiry:
-during a backlog a worker drops the rounds that queued behind it instead of
-running them in a burst (a backlog is no loss: the relay has nothing to do then).
+Beat sends it every ``INTAKE_RELAY_INTERVAL_S`` to the relay's own queue (which
+every worker consumes besides the orders' queue, so a backlog of orders does not
+delay it), with that interval as its expiry: when every worker process stays busy
+longer than that, the rounds that waited are dropped instead of run in a burst.
 """
 
 from __future__ import annotations

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from celery import Celery
+from kombu import Queue
 
 from tasks import runtime
-from tasks.relay import RELAY_TASK_NAME
+from tasks.relay import RELAY_QUEUE, RELAY_TASK_NAME
 from worker.settings import Settings
 from worker.wiring import build_runtime
+
+
+#: Celery's default queue: the orders' queue, where every producer sends by default.
+DEFAULT_QUEUE = "celery"
 
 
 def create_app(
@@ -54,8 +59,13 @@ def create_app(
         task_send_sent_event=True,
         task_track_started=True,
         worker_hijack_root_logger=False,
-        # The intake relay (tasks.relay), sent by `celery -A worker beat`. A round
-        # that waited longer than one interval is dropped: the next one is coming.
+        # The intake relay (tasks.relay), sent by `celery -A worker beat` to a queue of
+        # its own that every worker also consumes: behind a backlog of minutes in the
+        # orders' queue it would never run in time. A round that waited longer than
+        # one interval is dropped: the next one is coming.
+        task_queues=(Queue(DEFAULT_QUEUE), Queue(RELAY_QUEUE)),
+        task_default_queue=DEFAULT_QUEUE,
+        task_routes={RELAY_TASK_NAME: {"queue": RELAY_QUEUE}},
         beat_schedule={
             "intake-relay": {
                 "task": RELAY_TASK_NAME,

@@ -61,19 +61,23 @@ def submit(engine: Engine, broker_url: str, carts: list[dict[str, object]]) -> N
                 )
 
 
-def sample(engine: Engine, broker_port: int) -> tuple[int, int, float]:
-    """(open orders, messages queued, age in s of the oldest open order's publication)."""
+def sample(engine: Engine, broker_port: int, after_s: float) -> tuple[int, int, float, int]:
+    """(open orders, messages queued, age in s of the oldest open order's publication,
+    open orders neither published nor delivered for ``after_s``: the relay's candidates)."""
     with engine.connect() as connection:
-        open_orders, oldest_s = connection.execute(
+        open_orders, oldest_s, candidates = connection.execute(
             text(
                 "SELECT count(*), coalesce(extract(epoch FROM now() - min(coalesce("
-                "published_at, created_at))), 0) FROM orders"
-                " WHERE status IN ('accepted', 'pending')"
-            )
+                "published_at, created_at))), 0), count(*) FILTER (WHERE"
+                " coalesce(published_at, created_at) < now() - make_interval(secs => :after)"
+                " AND (delivered_at IS NULL OR delivered_at < now() - make_interval(secs =>"
+                " :after))) FROM orders WHERE status IN ('accepted', 'pending')"
+            ),
+            {"after": after_s},
         ).one()
     with redis.Redis(port=broker_port) as client:
         queued = int(client.llen("celery"))
-    return int(open_orders), queued, float(oldest_s)
+    return int(open_orders), queued, float(oldest_s), int(candidates)
 
 
 def main() -> None:
@@ -116,10 +120,13 @@ def main() -> None:
             ]
             for thread in threads:
                 thread.start()
-            peak_queue, peak_age_s, open_orders = 0, 0.0, 1
+            peak_queue, peak_age_s, peak_candidates, open_orders = 0, 0.0, 0, 1
             while time.monotonic() - started_s < args.timeout_s:
-                open_orders, queued, oldest_s = sample(engine, broker.port)
+                open_orders, queued, oldest_s, candidates = sample(
+                    engine, broker.port, args.republish_after_s
+                )
                 peak_queue, peak_age_s = max(peak_queue, queued), max(peak_age_s, oldest_s)
+                peak_candidates = max(peak_candidates, candidates)
                 if open_orders == 0 and not any(thread.is_alive() for thread in threads):
                     break
                 time.sleep(1.0)
@@ -148,6 +155,7 @@ def main() -> None:
         "messages_per_order": round(published / args.orders, 4),
         "peak_queue": peak_queue,
         "oldest_open_order_s": round(peak_age_s, 1),
+        "peak_candidates": peak_candidates,
         "republish_after_s": args.republish_after_s,
         "relay_interval_s": args.relay_interval_s,
         "workers": args.workers,

@@ -1,5 +1,6 @@
 # The flash-sale image: the worker, Flower and the `flashsale` CLI (see docker-compose.yml).
-FROM python:3.11-slim
+# An exact base image: a rebuild gets the same Python and Debian release.
+FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -7,11 +8,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY locking ./locking
 COPY tasks ./tasks
 COPY worker ./worker
-RUN pip install . \
+# The exact versions of constraints.txt; the `worker` extra adds Flower.
+RUN pip install -c constraints.txt ".[worker]" \
     && useradd --system --uid 10001 --create-home --shell /usr/sbin/nologin flashsale
 
 # Run from an empty directory as an unprivileged user: the installed package is what runs.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, event, text
 
-from worker.stack import LocalStack
+from worker.demo.stack import LocalStack
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 

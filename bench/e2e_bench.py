@@ -19,6 +19,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 from sqlalchemy import text
@@ -30,7 +31,8 @@ from tasks.migrate import upgrade
 from tasks.validation import parse_order
 from tests.pg import create_database, drop_database
 from tests.sale import enqueue, producer, random_carts, seed_products
-from worker.stack import LocalStack
+from worker.demo.stack import LocalStack
+from worker.demo.stats import percentile
 
 RESULTS = Path(__file__).with_name("results") / "e2e_bench.json"
 
@@ -50,7 +52,7 @@ class Config:
     intake: bool = False
 
 
-def payloads(scenario: str, orders: int) -> tuple[dict[str, int], list[dict[str, object]]]:
+def payloads(scenario: str, orders: int) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """Return (stock per SKU, order payloads) for a scenario."""
     if scenario == "hot":
         stock = {"HOT": max(1, orders // 10)}
@@ -63,15 +65,15 @@ def payloads(scenario: str, orders: int) -> tuple[dict[str, int], list[dict[str,
     return (
         stock,
         [c for c in carts if len(c["items"]) >= 2]
-        + [  # type: ignore[arg-type]
+        + [
             c
             for c in random_carts(orders, skus[:25], max_lines=3, max_quantity=1, seed=9)
-            if len(c["items"]) >= 2  # type: ignore[arg-type]
+            if len(c["items"]) >= 2
         ][:orders],
     )
 
 
-def run_one(config: Config, orders: int, paced_rate: float) -> dict[str, object]:
+def run_one(config: Config, orders: int, paced_rate: float) -> dict[str, Any]:
     """Measure one configuration on fresh servers and a fresh database.
 
     Throughput: the queue is pre-filled, then the worker starts. Latency (ours
@@ -127,8 +129,8 @@ def run_one(config: Config, orders: int, paced_rate: float) -> dict[str, object]
             "orders": len(ids),
             "elapsed_s": elapsed,
             "orders_per_s": len(ids) / elapsed,
-            "latency_p50_ms": percentile(latencies, 50),
-            "latency_p99_ms": percentile(latencies, 99),
+            "latency_p50_ms": percentile(sorted(latencies), 0.50),
+            "latency_p99_ms": percentile(sorted(latencies), 0.99),
             "latencies_ms": [round(value, 3) for value in sorted(latencies)],
             "order_stats": stats,
             "cpu_ms_per_order": cpu,
@@ -214,13 +216,6 @@ def paced_latencies_ms(  # type: ignore[no-untyped-def]
     return [(float(decided[oid]) - sent) * 1000 for oid, sent in sent_at.items()]
 
 
-def percentile(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
-
-
 CONFIGS = [
     Config("floor (no-op task)", "hot", noop=True),
     Config("ours: hot SKU", "hot"),
@@ -248,7 +243,7 @@ def main() -> None:
     args = parser.parse_args()
     wanted = None if args.only is None else args.only.split("|")
     configs = [c for c in CONFIGS if wanted is None or c.name in wanted]
-    runs: dict[str, list[dict[str, object]]] = {c.name: [] for c in configs}
+    runs: dict[str, list[dict[str, Any]]] = {c.name: [] for c in configs}
     for round_ in range(args.rounds):
         for config in configs:
             result = run_one(config, args.orders, args.paced_rate)
@@ -277,26 +272,26 @@ def main() -> None:
     print_table(summary)
 
 
-def summarize(runs: dict[str, list[dict[str, object]]]) -> dict[str, dict[str, float | None]]:
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float | None]]:
     floor = {
         procs: statistics.median(float(r["orders_per_s"]) for r in results)
         for name, results in runs.items()
-        if results and results[0]["config"]["noop"]  # type: ignore[index]
-        for procs in [results[0]["config"]["processes"]]  # type: ignore[index]
+        if results and results[0]["config"]["noop"]
+        for procs in [results[0]["config"]["processes"]]
     }
     summary = {}
     for name, results in runs.items():
         if not results:
             continue
-        procs = results[0]["config"]["processes"]  # type: ignore[index]
+        procs = results[0]["config"]["processes"]
         median = statistics.median(float(r["orders_per_s"]) for r in results)
         p50 = [r["latency_p50_ms"] for r in results if r["latency_p50_ms"] is not None]
         p99 = [r["latency_p99_ms"] for r in results if r["latency_p99_ms"] is not None]
         summary[name] = {
             "orders_per_s": median,
             "ratio_to_floor": median / floor[procs] if procs in floor else None,
-            "latency_p50_ms": statistics.median(p50) if p50 else None,  # type: ignore[arg-type]
-            "latency_p99_ms": statistics.median(p99) if p99 else None,  # type: ignore[arg-type]
+            "latency_p50_ms": statistics.median(p50) if p50 else None,
+            "latency_p99_ms": statistics.median(p99) if p99 else None,
         }
     return summary
 

@@ -30,7 +30,7 @@ from tasks.migrate import upgrade
 from tasks.producer import submit_order
 from tests.pg import create_database, drop_database
 from tests.sale import producer, random_carts, seed_products
-from worker.stack import LocalStack
+from worker.demo.stack import LocalStack
 
 RESULTS = Path(__file__).with_name("results") / "intake_amplification.json"
 

@@ -46,7 +46,8 @@ import redis
 
 from bench.lock_contention import CONTENDED_POLICIES, TTL_MS, measure_all_contended
 from locking import Redlock
-from worker.redis_server import redis_servers
+from worker.demo.redis_server import redis_servers
+from worker.demo.stats import percentile
 
 RESULTS = Path(__file__).with_name("results") / "lock_bench.json"
 #: Share of the uncontended cycles each contender runs per block (pottery is ~30x slower).
@@ -170,9 +171,11 @@ def run_block(cycle: Callable[[], None], count: int) -> list[int]:
     return durations
 
 
-def percentile(sorted_values: list[int], fraction: float) -> float:
-    index = min(len(sorted_values) - 1, round(fraction * (len(sorted_values) - 1)))
-    return float(sorted_values[index])
+def measured_percentile(sorted_values: list[int], fraction: float) -> float:
+    """Return `percentile` (nearest rank) of a non-empty sample."""
+    value = percentile(sorted_values, fraction)
+    assert value is not None, "no sample"
+    return float(value)
 
 
 def measure_uncontended(
@@ -197,7 +200,9 @@ def measure_uncontended(
                     in_round[name] += run_block(contenders[name][0], sizes[name])
             for name in names:
                 samples[name] += in_round[name]
-                round_p50[name].append(round(percentile(sorted(in_round[name]), 0.5) / 1000, 1))
+                round_p50[name].append(
+                    round(measured_percentile(sorted(in_round[name]), 0.5) / 1000, 1)
+                )
     finally:
         for _, close in contenders.values():
             close()
@@ -207,8 +212,8 @@ def measure_uncontended(
         values = sorted(samples[name])
         results[name] = {
             "cycles": len(values),
-            "p50_us": round(percentile(values, 0.50) / 1000, 1),
-            "p99_us": round(percentile(values, 0.99) / 1000, 1),
+            "p50_us": round(measured_percentile(values, 0.50) / 1000, 1),
+            "p99_us": round(measured_percentile(values, 0.99) / 1000, 1),
             "ops_per_s": round(len(values) / (sum(values) / 1e9)),
             "round_p50_us": round_p50[name],
         }

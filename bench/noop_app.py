@@ -16,6 +16,6 @@ from worker.settings import Settings
 app = create_app(Settings.from_env(), include=())
 
 
-@app.task(name=TASK_NAME, ignore_result=True)
+@app.task(name=TASK_NAME, ignore_result=True)  # type: ignore[untyped-decorator]
 def place_order(*args: Any, **kwargs: Any) -> None:
     """Accept an order payload and do nothing."""

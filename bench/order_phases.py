@@ -23,13 +23,13 @@ from sqlalchemy import text
 from locking import NO_RETRY, Redlock
 from tasks.db import create_db_engine, session_factory
 from tasks.migrate import upgrade
-from tasks.orders import record_pending
-from tasks.settlement import settle
-from tasks.store import OrderStore
+from tasks.pg_store import PostgresOrderStore, record_pending
+from tasks.store import token_digest
 from tasks.validation import OrderRequest, parse_order
+from tests.domain import SETTLE_FUNCTION
 from tests.pg import create_database, drop_database
 from tests.sale import seed_products
-from worker.redis_server import redis_servers
+from worker.demo.redis_server import redis_servers
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     upgrade(url)
     engine = create_db_engine(url)
     sessions = session_factory(engine)
-    store = OrderStore(engine=engine)  # disposed with the process
+    store = PostgresOrderStore(engine=engine)  # disposed with the process
     statements = create_db_engine(url, autocommit=True)
     seed_products(engine, {"HOT": 10**6})
     names = [
@@ -61,7 +61,12 @@ def main() -> None:
                 lease = redlock.acquire(["sku:HOT"], ttl_ms=5000, fence=True, retry=NO_RETRY)
                 marks.append(time.perf_counter())
                 store.settle(
-                    new_order(), record=True, fence=lease.fence, wait_ms=0.0, budget_ms=4000.0
+                    new_order(),
+                    record=True,
+                    fence=lease.fence,
+                    lease_token=lease.token,
+                    wait_ms=0.0,
+                    budget_ms=4000.0,
                 )
                 marks.append(time.perf_counter())
                 redlock.release(lease, confirm=False)
@@ -71,9 +76,17 @@ def main() -> None:
                 order = new_order()
                 with sessions.begin() as session:
                     record_pending(session, order)
-                    settle(
-                        session, skus=order.skus, fence=lease.fence, own_order=(order.order_id, 0.0)
-                    )
+                    session.execute(
+                        SETTLE_FUNCTION,
+                        {
+                            "skus": list(order.skus),
+                            "fence": lease.fence,
+                            "token": token_digest(lease.token),
+                            "limit": 500,
+                            "own": order.order_id,
+                            "wait": 0.0,
+                        },
+                    ).all()
                 marks.append(time.perf_counter())
                 redlock.release(lease)
                 marks.append(time.perf_counter())

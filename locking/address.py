@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from locking.errors import ConfigurationError
@@ -15,6 +15,24 @@ _CERT_REQS = ("none", "optional", "required")
 _VERIFY_MODES = (ssl.CERT_NONE, ssl.CERT_OPTIONAL, ssl.CERT_REQUIRED)
 #: ``//user:password@`` in a URL that `urlsplit` cannot parse.
 _USERINFO_PASSWORD = re.compile(r"(//[^/?#:@]*:)[^/?#]*@")
+
+
+class ConnectionPoolLike(Protocol):
+    """The part of a redis-py connection pool a lock node's address is read from."""
+
+    @property
+    def connection_kwargs(self) -> Mapping[str, Any]:
+        """The keyword arguments the pool's connections are made with (host, port...)."""
+        ...
+
+
+class RedisClientLike(Protocol):
+    """A ``redis.Redis``-like client: only its pool's connection arguments are read."""
+
+    @property
+    def connection_pool(self) -> ConnectionPoolLike:
+        """The client's connection pool."""
+        ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,7 +105,7 @@ class NodeAddress:
         )
 
     @classmethod
-    def from_client(cls, client: Any) -> NodeAddress:
+    def from_client(cls, client: RedisClientLike) -> NodeAddress:
         """Read the address of a ``redis.Redis`` client without using its connections."""
         try:
             kwargs = client.connection_pool.connection_kwargs
@@ -141,7 +159,11 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def as_address(node: NodeAddress | str | Any) -> NodeAddress:
+#: How a lock node may be given: a redis URL, an address, or a redis-py client.
+NodeSpec: TypeAlias = str | NodeAddress | RedisClientLike
+
+
+def as_address(node: NodeSpec) -> NodeAddress:
     """Return the address of a node given as `NodeAddress`, redis URL or redis-py client."""
     if isinstance(node, NodeAddress):
         return node
@@ -155,7 +177,7 @@ def as_address(node: NodeAddress | str | Any) -> NodeAddress:
     return NodeAddress.from_client(node)
 
 
-def lock_addresses(nodes: Sequence[object], *, allow_fewer_than_three: bool) -> list[NodeAddress]:
+def lock_addresses(nodes: Sequence[NodeSpec], *, allow_fewer_than_three: bool) -> list[NodeAddress]:
     """Return the addresses of a Redlock's nodes: at least three, all distinct.
 
     :param nodes: URLs, `NodeAddress` objects or ``redis.Redis`` clients.

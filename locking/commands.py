@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from locking.errors import LockContended, NodeError, QuorumUnavailable
+from locking.fencing import Report, Trust
 from locking.protocol import encode_command
 from locking.scripts import (
     ACQUIRE_FENCED,
@@ -12,6 +13,7 @@ from locking.scripts import (
     ADVANCE_FENCE,
     COMMIT_FENCE,
     EXTEND,
+    READ_FENCE,
     RELEASE,
     Script,
 )
@@ -38,18 +40,25 @@ class Commands:
         """SET NX PX for one plain key, else the all-or-nothing (optionally fenced) script."""
         keys = self._keys(names)
         if fence:
-            return _script(ACQUIRE_FENCED, keys + self._counters(names), token, ttl_ms)
+            return _script(ACQUIRE_FENCED, keys + self._fence_keys(names), token, ttl_ms)
         if len(keys) == 1:
             return encode_command(["SET", keys[0], token, "NX", "PX", ttl_ms])
         return _script(ACQUIRE_MANY, keys, token, ttl_ms)
 
-    def commit_fence(self, names: Sequence[str], token: str, fence: int) -> bytes:
-        """Write ``fence`` back to the counters where the lease's token still holds."""
-        return _script(COMMIT_FENCE, self._keys(names) + self._counters(names), token, fence)
+    def read_fence(self, names: Sequence[str]) -> bytes:
+        """Read the highest counter of ``names`` and whether the node vouches for it."""
+        return _script(READ_FENCE, self._fence_keys(names))
+
+    def commit_fence(self, names: Sequence[str], token: str, fence: int, status: str) -> bytes:
+        """Write ``fence`` back where the lease's token still holds; give a node ``status``
+        if it has none ("" to leave it)."""
+        return _script(
+            COMMIT_FENCE, self._keys(names) + self._fence_keys(names), token, fence, status
+        )
 
     def advance_fence(self, names: Sequence[str], at_least: int) -> bytes:
         """Raise the counters of ``names`` to ``at_least`` (never lower them)."""
-        return _script(ADVANCE_FENCE, self._counters(names), at_least)
+        return _script(ADVANCE_FENCE, self._fence_keys(names), at_least)
 
     def extend(self, names: Sequence[str], token: str, ttl_ms: int) -> bytes:
         """PEXPIRE every key that still holds ``token``."""
@@ -70,15 +79,45 @@ class Commands:
     def _keys(self, names: Sequence[str]) -> list[str]:
         return [self._key_prefix + name for name in names]
 
-    def _counters(self, names: Sequence[str]) -> list[str]:
-        return [self._fence_prefix + name for name in names]
+    def _fence_keys(self, names: Sequence[str]) -> list[str]:
+        """The counters of ``names``, then the node's fence status (the bare prefix)."""
+        return [self._fence_prefix + name for name in names] + [self._fence_prefix]
 
 
 def is_grant(reply: object, *, fence: bool) -> bool:
-    """True when an acquire reply grants the lock (a fenced grant is the node's counter)."""
+    """True when an acquire reply grants the lock.
+
+    A plain grant is "OK" (SET NX, `ACQUIRE_MANY`); a fenced grant is
+    ``[b"fence", proposal, trust]``. No other command of the lock replies either,
+    so a reply read for the wrong request is never taken for a grant.
+    """
     if fence:
-        return isinstance(reply, int) and reply >= 0
-    return reply == b"OK" or reply == 1
+        return fence_report(reply) is not None
+    return reply == b"OK"
+
+
+def fence_report(reply: object) -> Report | None:
+    """Parse a fenced grant (`ACQUIRE_FENCED`); None for any other reply."""
+    return _report(reply, b"fence", 1)
+
+
+def counter_report(reply: object) -> Report | None:
+    """Parse a counter read (`READ_FENCE`) as the node's proposal; None for any other reply."""
+    return _report(reply, b"counter", 0)
+
+
+def _report(reply: object, tag: bytes, lowest: int) -> Report | None:
+    if not (isinstance(reply, list) and len(reply) == 3 and reply[0] == tag):
+        return None
+    _, value, trust = reply
+    known = _TRUST.get(trust) if type(trust) is int else None
+    if type(value) is not int or value < lowest or known is None:
+        return None
+    # A read returns the counter itself; the grant's proposal is one more.
+    return Report(proposal=value + 1 - lowest, trust=known)
+
+
+_TRUST = {int(trust): trust for trust in Trust}
 
 
 def resource_names(resources: str | Sequence[str]) -> tuple[str, ...]:
@@ -105,7 +144,6 @@ def refusal(
     errors = [reply for reply in replies if isinstance(reply, NodeError)]
     if len(errors) > len(replies) - quorum:
         return QuorumUnavailable(resources=names, attempts=attempts, node_errors=errors)
-    # A fenced grant is the node's counter (any integer >= 0), not b"OK" or 1.
     granted = sum(1 for reply in replies if is_grant(reply, fence=fence))
     votes = {
         "granted": granted,

@@ -18,19 +18,47 @@ class ConfigurationError(LockError):
     """The lock was configured in a way that cannot be safe (too few nodes, bad URL)."""
 
 
+#: Every value of `NodeError.kind`: what went wrong when a node was contacted.
+#: ``timeout``: no answer in time (or a send buffer that stayed full); ``refused``: the
+#: port refused the connection; ``unresolvable``: the host name did not resolve within
+#: the connect timeout; ``closed``: the connection was closed or reset; ``auth``: the
+#: credentials or the user's permissions were refused; ``protocol``: the peer does not
+#: speak RESP; ``redis_error``: the node answered with an error; ``io``: any other
+#: socket or TLS failure.
+NODE_ERROR_KINDS = (
+    "timeout",
+    "refused",
+    "unresolvable",
+    "closed",
+    "auth",
+    "protocol",
+    "redis_error",
+    "io",
+)
+
+
 class NodeError(LockError):
     """One node could not answer: refused, timed out, wrong credentials or a Redis error.
 
     :param node: the node's display name (``host:port``, never the password).
     :param reason: a short, human readable cause.
-    :param timed_out: true when the node did not answer within its timeout.
+    :param kind: one of `NODE_ERROR_KINDS`; defaults to ``timeout`` when ``timed_out``
+        is true, else ``io``.
+    :param timed_out: true when the node did not answer within its timeout (implied by
+        ``kind="timeout"``).
     """
 
-    def __init__(self, node: str, reason: str, *, timed_out: bool = False) -> None:
+    def __init__(
+        self, node: str, reason: str, *, kind: str | None = None, timed_out: bool = False
+    ) -> None:
+        kind = kind or ("timeout" if timed_out else "io")
+        if kind not in NODE_ERROR_KINDS:
+            raise ValueError(f"kind must be one of {NODE_ERROR_KINDS}, got {kind!r}")
         super().__init__(f"lock node {node}: {reason}")
         self.node = node
         self.reason = reason
-        self.timed_out = timed_out
+        self.kind = kind
+        self.timed_out = timed_out or kind == "timeout"
 
 
 class NotAcquired(LockError):

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from locking.errors import LeaseLost, LockError
-
-if TYPE_CHECKING:
-    from locking.lease import Lease
-    from locking.redlock import Redlock
+from locking.lease import Lease
 
 logger = logging.getLogger(__name__)
 
@@ -21,13 +18,14 @@ class KeepAlive:
     On failure the lease is marked lost: ``lease.lost`` is set (an event the holder
     can wait on) and ``lease.check()`` raises from then on.
 
-    :param redlock: the lock that granted the lease.
     :param lease: the lease to keep alive.
+    :param extend: extends ``lease`` once (e.g. ``lambda: redlock.extend(lease)``);
+        a `LockError` it raises stops the keep-alive and marks the lease lost.
     """
 
-    def __init__(self, redlock: Redlock, lease: Lease) -> None:
-        self._redlock = redlock
+    def __init__(self, lease: Lease, extend: Callable[[], object]) -> None:
         self._lease = lease
+        self._extend = extend
         self._stopped = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"redlock-keepalive-{lease.token[:8]}", daemon=True
@@ -48,7 +46,7 @@ class KeepAlive:
         interval_s = lease.ttl_ms / 3000.0
         while not self._stopped.wait(interval_s):
             try:
-                self._redlock.extend(lease)
+                self._extend()
             except LockError as error:
                 # A missed quorum already marked the lease lost, but the extension limit
                 # does not (a caller extending by hand may still use the lease until it

@@ -75,6 +75,18 @@ class Lease:
                 reason=f"{remaining_ms:.1f} ms of validity left, {margin_ms:.1f} ms needed",
             )
 
+    def record_extension(self, *, ttl_ms: int, validity_ms: float, valid_until_s: float) -> None:
+        """Record an extension a quorum confirmed: the new TTL and how long it is valid.
+
+        :param ttl_ms: the TTL the nodes now keep the keys for.
+        :param validity_ms: the validity left when the extension was confirmed.
+        :param valid_until_s: monotonic time (seconds) at which it stops being valid.
+        """
+        self.extensions += 1
+        self.ttl_ms = ttl_ms
+        self.validity_ms = validity_ms
+        self.valid_until_s = valid_until_s
+
     def mark_lost(self, reason: str) -> None:
         """Record that the lease cannot be trusted any more and wake anyone waiting on it."""
         if not self.lost.is_set():

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from locking.address import NodeAddress
 from locking.fanout import Suspects, fan_out
-from locking.node import Node
+from locking.node import Node, NodeHealth
 from locking.timing import quorum
 
 
@@ -25,9 +25,12 @@ class NodeSet:
     """The configured lock nodes, in a fixed order, with their quorum.
 
     :param addresses: the nodes.
-    :param connect_timeout_s: bound on connecting to one node, login included.
-    :param suspect_s: how long a node that timed out is skipped by acquisitions.
+    :param connect_timeout_s: bound on connecting to one node, lookup and login included.
+    :param suspect_s: how long a node that timed out, refused or did not resolve is
+        skipped by acquisitions.
     :param read_timeout_s: bound on waiting for the replies of one round.
+    :param health: per node, its shared state (logging, error callback); another
+        node set over the same nodes passes the same objects.
     """
 
     def __init__(
@@ -37,15 +40,22 @@ class NodeSet:
         connect_timeout_s: float,
         suspect_s: float,
         read_timeout_s: float,
+        health: Sequence[NodeHealth] | None = None,
     ) -> None:
+        health = health or [NodeHealth(address.name) for address in addresses]
         self._nodes = [
-            Node(address, connect_timeout_s=connect_timeout_s, suspect_s=suspect_s)
-            for address in addresses
+            Node(address, connect_timeout_s=connect_timeout_s, suspect_s=suspect_s, health=state)
+            for address, state in zip(addresses, health, strict=True)
         ]
         self.quorum = quorum(len(self._nodes))
         self._read_timeout_s = read_timeout_s
         self.io_lock = threading.Lock()
         _INSTANCES.add(self)
+
+    @property
+    def health(self) -> list[NodeHealth]:
+        """Per node, its shared state."""
+        return [node.health for node in self._nodes]
 
     @property
     def names(self) -> list[str]:
@@ -89,8 +99,13 @@ class NodeSet:
             for node, skipped in zip(self._nodes, skip, strict=True):
                 if skipped or node.is_suspect(now):
                     continue
+                node.drop_if_owed()  # an earlier wait may still block it
                 if node.send(payload) is None:
-                    return node.read(deadline_s)
+                    try:
+                        return node.read(deadline_s)
+                    except BaseException:
+                        node.close()  # the blocked command goes with its connection
+                        raise
         return None
 
     def close(self) -> None:
@@ -107,6 +122,8 @@ _INSTANCES: weakref.WeakSet[NodeSet] = weakref.WeakSet()
 def _reset_io_locks_in_child() -> None:
     for instance in list(_INSTANCES):
         instance.io_lock = threading.Lock()
+        for state in instance.health:
+            state.reset_after_fork()
 
 
 os.register_at_fork(after_in_child=_reset_io_locks_in_child)

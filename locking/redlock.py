@@ -6,6 +6,11 @@ time left (TTL - elapsed - drift) is still positive. Every round sends to all
 nodes before reading any reply (`locking.fanout`), waits for all of them (or
 the read timeout), and never returns at quorum: a late grant is therefore never
 left behind by a release, and a failed attempt releases on every node at once.
+The release travels on the same connection as the late grant; when that
+connection is closed first (more than `locking.node.MAX_OWED_REPLIES` owed
+replies, or a suspect node whose connection is gone, which a release skips), the
+late grant lingers until its key expires: at most one TTL after it lands, and it
+only blocks that one node.
 
 Fencing tokens (``fence=True``) are explained in `locking.fencing`.
 """
@@ -18,10 +23,18 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from locking.address import NodeAddress, lock_addresses
-from locking.commands import Commands, is_grant, refusal, resource_names
+from locking.address import NodeSpec, lock_addresses
+from locking.clock import lease_clock
+from locking.commands import (
+    Commands,
+    counter_report,
+    fence_report,
+    is_grant,
+    refusal,
+    resource_names,
+)
 from locking.errors import (
     ConfigurationError,
     ExtensionLimitReached,
@@ -29,16 +42,16 @@ from locking.errors import (
     NodeError,
 )
 from locking.fanout import Suspects
-from locking.fencing import fence_of
+from locking.fencing import Plan, Report, plan
 from locking.keepalive import KeepAlive
 from locking.lease import Lease, ReleaseOutcome
+from locking.node import NodeHealth
 from locking.nodeset import NodeSet
 from locking.protocol import encode_command
 from locking.timing import RetryPolicy, drift_ms, validity_ms
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-NodeSpec = str | NodeAddress | Any
 _DEFAULT_RETRY = RetryPolicy()
 
 
@@ -46,21 +59,28 @@ class Redlock:
     """A distributed lock over independent Redis nodes.
 
     :param nodes: redis URLs (``redis://``, ``rediss://``, with user/password),
-        `NodeAddress` objects or ``redis.Redis`` clients (only their address is used).
+        `NodeAddress` objects or ``redis.Redis`` clients (only their address is used,
+        see `locking.address.RedisClientLike`).
     :param key_prefix: prefix of the lock keys.
     :param fence_prefix: prefix of the fence counter keys.
     :param wake_prefix: prefix of the wake-up lists releases push to (`wait_released`).
-    :param connect_timeout_ms: bound on connecting to one node, login included.
+    :param connect_timeout_ms: bound on connecting to one node, name lookup and login
+        included.
     :param read_timeout_ms: bound on waiting for the replies of one round.
-    :param suspect_ms: how long a node that timed out is skipped by acquisitions (not
-        when that would leave fewer than a quorum of nodes to ask).
+    :param suspect_ms: how long a node that timed out, refused the connection or did
+        not resolve is skipped by acquisitions (not when that would leave fewer than
+        a quorum of nodes to ask).
     :param retry: the default retry policy of `acquire`.
     :param max_extensions: how often one lease may be extended.
     :param allow_fewer_than_three: accept 1 or 2 nodes (development only: one
         node failing then loses the lock).
-    :param clock: monotonic clock in seconds, injectable for tests.
+    :param clock: the validity clock in seconds (`locking.clock.lease_clock`: it counts
+        time suspended), injectable for tests.
     :param sleep: sleep function in seconds, injectable for tests.
     :param rng: random source for backoff jitter.
+    :param on_node_error: called with every `NodeError` a round met while contacting a
+        node (not for nodes it skipped as suspect); must be cheap, and an exception it
+        raises is logged and swallowed.
     """
 
     def __init__(
@@ -76,9 +96,10 @@ class Redlock:
         retry: RetryPolicy = _DEFAULT_RETRY,
         max_extensions: int = 10,
         allow_fewer_than_three: bool = False,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = lease_clock,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        on_node_error: Callable[[NodeError], None] | None = None,
     ) -> None:
         addresses = lock_addresses(nodes, allow_fewer_than_three=allow_fewer_than_three)
         if min(connect_timeout_ms, read_timeout_ms) <= 0 or max_extensions < 0:
@@ -88,6 +109,7 @@ class Redlock:
             connect_timeout_s=connect_timeout_ms / 1000,
             suspect_s=suspect_ms / 1000,
             read_timeout_s=read_timeout_ms / 1000,
+            health=[NodeHealth(address.name, on_node_error) for address in addresses],
         )
         self._quorum = self._nodes.quorum
         self._commands = Commands(
@@ -99,6 +121,7 @@ class Redlock:
             connect_timeout_s=connect_timeout_ms / 1000,
             suspect_s=suspect_ms / 1000,
             read_timeout_s=read_timeout_ms / 1000,
+            health=self._nodes.health,
         )
         self._read_timeout_s = read_timeout_ms / 1000
         self._retry = retry
@@ -129,15 +152,15 @@ class Redlock:
 
         :param resources: one resource name or several (all-or-nothing).
         :param ttl_ms: how long the nodes keep the lease, in milliseconds.
-        :param fence: also issue a fencing token (one more round trip only when the
-            nodes' counters disagree, e.g. after a node lost them).
+        :param fence: also issue a fencing token (one more round trip when the nodes'
+            counters disagree, up to two for a resource's first lease after a node lost
+            its state; see `locking.fencing`).
         :param retry: overrides the lock's default retry policy.
         :raises LockContended: another holder kept the lock on every attempt.
         :raises QuorumUnavailable: too many nodes failed on the last attempt.
         """
         names = resource_names(resources)
-        if not isinstance(ttl_ms, int) or ttl_ms <= drift_ms(ttl_ms):
-            raise ValueError(f"ttl_ms must be an int larger than the drift, got {ttl_ms!r}")
+        _check_ttl(ttl_ms)
         policy = retry or self._retry
         started_s = self._clock()
         replies: list[object] = []
@@ -161,10 +184,13 @@ class Redlock:
         Only nodes that still hold the token are extended; an expired key is never
         recreated. Without a quorum the lease is marked lost.
 
+        :raises ValueError: ``ttl_ms`` is not an int larger than the drift; the lease
+            is left as it was, on the nodes too.
         :raises ExtensionLimitReached: the lease was extended ``max_extensions`` times.
         :raises LeaseLost: the lease expired or no quorum still held it.
         """
         ttl_ms = lease.ttl_ms if ttl_ms is None else ttl_ms
+        _check_ttl(ttl_ms)
         lease.check()
         if lease.extensions >= self._max_extensions:
             raise ExtensionLimitReached(
@@ -179,10 +205,11 @@ class Redlock:
             reason = f"extension confirmed by {confirmed} of {len(replies)} nodes"
             lease.mark_lost(reason)
             raise LeaseLost(resources=lease.resources, reason=reason)
-        lease.extensions += 1
-        lease.ttl_ms = ttl_ms
-        lease.validity_ms = valid_ms
-        lease.valid_until_s = started_s + (ttl_ms - drift_ms(ttl_ms)) / 1000
+        lease.record_extension(
+            ttl_ms=ttl_ms,
+            validity_ms=valid_ms,
+            valid_until_s=started_s + (ttl_ms - drift_ms(ttl_ms)) / 1000,
+        )
         return lease
 
     def release(self, lease: Lease, *, confirm: bool = True) -> ReleaseOutcome:
@@ -231,7 +258,7 @@ class Redlock:
             lease's ``lost`` event is set and ``lease.check()`` raises `LeaseLost`.
         """
         lease = self.acquire(resources, ttl_ms=ttl_ms, fence=fence, retry=retry)
-        keepalive = KeepAlive(self, lease) if auto_extend else None
+        keepalive = KeepAlive(lease, lambda: self.extend(lease)) if auto_extend else None
         if keepalive is not None:
             keepalive.start()
         try:
@@ -265,7 +292,8 @@ class Redlock:
 
         A wake-up call for waiters instead of sleeping through a backoff, not a
         grant: call `acquire` next. Every release leaves one wake-up per resource on
-        each node (a one-element list, kept `locking.commands.WAKE_TTL_MS`), which
+        each node it reaches where the resource is free afterwards, also on nodes
+        the holder had skipped (a one-element list, kept `locking.commands.WAKE_TTL_MS`), which
         one blocked waiter takes, first come first served. This waits on one node,
         the first trusted one that takes the request; when none can, it sleeps the
         timeout instead. Returns True when woken by a release, False on timeout or
@@ -276,16 +304,17 @@ class Redlock:
         names = resource_names(resources)
         if not timeout_ms > 0:
             raise ValueError(f"timeout_ms must be positive, got {timeout_ms!r}")
-        deadline_s = time.monotonic() + timeout_ms / 1000
+        started_s = self._clock()
         reply = self._wait_nodes.ask_one(
             self._commands.wait_released(names, timeout_ms),
-            deadline_s=deadline_s + self._read_timeout_s,
+            # The node's I/O runs on the real monotonic clock, whatever the lock's is.
+            deadline_s=time.monotonic() + timeout_ms / 1000 + self._read_timeout_s,
             skip=self._nodes.suspects(),
         )
         if isinstance(reply, list):
             return True
         # Node trouble must not turn a caller's wait loop into a busy loop.
-        left_s = deadline_s - time.monotonic()
+        left_s = timeout_ms / 1000 - (self._clock() - started_s)
         if left_s > 0:
             self._sleep(left_s)
         return False
@@ -310,16 +339,25 @@ class Redlock:
         replies = self._nodes.round(
             self._commands.acquire(names, token, ttl_ms, fence=fence), Suspects.SKIP
         )
-        granted = [reply for reply in replies if is_grant(reply, fence=fence)]
+        reports = [fence_report(reply) for reply in replies] if fence else []
+        if fence:
+            granting = [report is not None for report in reports]
+        else:
+            granting = [is_grant(reply, fence=False) for reply in replies]
+        granted = sum(granting)
         fence_value: int | None = None
         committed = True
-        if len(granted) >= self._quorum and fence:
-            fence_value, write_back = fence_of([r for r in granted if isinstance(r, int)])
-            if write_back:
-                # A failed write-back still leaves the grants on the nodes: released below.
-                committed = self._commit_fence(names, token, fence_value)
+        if granted >= self._quorum and fence:
+            decided = self._fence(names, reports, granting)
+            if decided is None:
+                committed = False  # the grants are released below; the next attempt may tell
+            else:
+                fence_value = decided.fence
+                if decided.write_back:
+                    # A failed write-back still leaves the grants on the nodes: released below.
+                    committed = self._commit_fence(names, token, decided)
         valid_ms = validity_ms(ttl_ms, (self._clock() - started_s) * 1000)
-        if len(granted) >= self._quorum and committed and valid_ms > 0:
+        if granted >= self._quorum and committed and valid_ms > 0:
             return Lease(
                 resources=names,
                 token=token,
@@ -329,11 +367,54 @@ class Redlock:
                 fence=fence_value,
                 clock=self._clock,
             )
-        # A grant, or a timed-out request that may still land, must not linger.
-        if granted or any(isinstance(reply, NodeError) and reply.timed_out for reply in replies):
+        # A grant, or a request that may have landed unseen (timed out, or its
+        # connection closed before the reply was read), must not linger.
+        if granted or any(
+            isinstance(reply, NodeError) and (reply.timed_out or reply.kind == "closed")
+            for reply in replies
+        ):
             self._nodes.round(self._commands.release(names, token), Suspects.SEND)
         return replies
 
-    def _commit_fence(self, names: tuple[str, ...], token: str, fence: int) -> bool:
-        replies = self._nodes.round(self._commands.commit_fence(names, token, fence), Suspects.SKIP)
+    def _fence(
+        self, names: tuple[str, ...], reports: list[Report | None], granting: list[bool]
+    ) -> Plan | None:
+        """Decide the fence of a granted lease, reading the other nodes' counters if needed.
+
+        Returns None when too few nodes answered to decide it safely (`fencing.plan`).
+        """
+        decided = plan(reports, granting, read_all=False)
+        if decided is None:
+            # Fewer than a majority of the granting nodes vouch for their counters
+            # (one lost its state): a majority of trusted counters must be read.
+            reads = self._nodes.round(self._commands.read_fence(names), Suspects.SKIP)
+            for index, reply in enumerate(reads):
+                if not granting[index]:
+                    reports[index] = counter_report(reply)
+            decided = plan(reports, granting, read_all=True)
+            if decided is None:
+                logger.warning(
+                    "Fence of %r not decided: too few lock nodes answered that vouch for "
+                    "their counters; the attempt is given up.",
+                    names,
+                )
+                return None
+        if not decided.backed:
+            logger.warning(
+                "Fence %r of %r is not backed by a majority of trusted counters: "
+                "it may be lower than an earlier one (see locking.fencing).",
+                decided.fence,
+                names,
+            )
+        return decided
+
+    def _commit_fence(self, names: tuple[str, ...], token: str, decided: Plan) -> bool:
+        payload = self._commands.commit_fence(names, token, decided.fence, decided.status)
+        replies = self._nodes.round(payload, Suspects.SKIP)
         return sum(1 for reply in replies if reply == 1) >= self._quorum
+
+
+def _check_ttl(ttl_ms: object) -> None:
+    """Raise `ValueError` unless ``ttl_ms`` is an int TTL larger than its drift."""
+    if not isinstance(ttl_ms, int) or isinstance(ttl_ms, bool) or ttl_ms <= drift_ms(ttl_ms):
+        raise ValueError(f"ttl_ms must be an int larger than the drift, got {ttl_ms!r}")

@@ -23,7 +23,8 @@ class Script:
 
 
 # KEYS: the lock keys of the lease; ARGV[1]: token; ARGV[2]: ttl in ms.
-# Returns 1 when every key was free and now holds the token, 0 when any key is held.
+# Returns the status "OK" (as SET NX does) when every key was free and now holds
+# the token, 0 when any key is held. No other script replies "OK".
 ACQUIRE_MANY = Script("""
 for i = 1, #KEYS do
   if redis.call('exists', KEYS[i]) == 1 then return 0 end
@@ -31,39 +32,88 @@ end
 for i = 1, #KEYS do
   redis.call('set', KEYS[i], ARGV[1], 'px', ARGV[2])
 end
-return 1
+return redis.status_reply('OK')
 """)
 
-# KEYS: n lock keys, then their n fence counter keys; ARGV[1]: token; ARGV[2]: ttl in ms.
-# Returns -1 when any lock key is held; otherwise sets every lock key, sets all n
-# counters to one more than the highest of them and returns that new value (the
-# node's fence for this lease; 1 when no counter was ever written).
+# The node's fence status (KEYS[2n + 1] below, the fence prefix itself: no resource
+# name is empty) says which of its counters can be trusted (`locking.fencing`):
+# "trusted": all of them (an absent counter is 0); "recovering": the node lost its
+# state once, and only counters written back since (present ones) are; absent:
+# the node is new or lost its state, and none is until a client decides which.
+
+# KEYS: n lock keys, then their n fence counters, then the node's fence status;
+# ARGV[1]: token; ARGV[2]: ttl in ms.
+# Returns -1 when any lock key is held. Otherwise sets every lock key and returns
+# {"fence", proposal, trust}: proposal is one more than the highest of the n
+# counters; trust is 1 when every counter is trusted (then all n counters are set
+# to the proposal), 0 when the node is recovering and one is not, -1 when the
+# node has no status; with trust <= 0 no counter is written.
 ACQUIRE_FENCED = Script("""
-local n = #KEYS / 2
+local n = (#KEYS - 1) / 2
 for i = 1, n do
   if redis.call('exists', KEYS[i]) == 1 then return -1 end
 end
+local status = redis.call('get', KEYS[2 * n + 1])
+local trust = 1
+if status == false then trust = -1 end
 local high = 0
 for i = 1, n do
   redis.call('set', KEYS[i], ARGV[1], 'px', ARGV[2])
-  local seen = tonumber(redis.call('get', KEYS[n + i]) or '0')
+  local seen = redis.call('get', KEYS[n + i])
+  if seen == false then
+    if status ~= 'trusted' and trust == 1 then trust = 0 end
+    seen = '0'
+  end
+  seen = tonumber(seen)
   if seen > high then high = seen end
 end
 high = high + 1
-for i = 1, n do
-  redis.call('set', KEYS[n + i], high)
+if trust == 1 then
+  for i = 1, n do
+    redis.call('set', KEYS[n + i], high)
+  end
 end
-return high
+return {'fence', high, trust}
 """)
 
-# KEYS: n lock keys, then their n fence counter keys; ARGV[1]: token; ARGV[2]: fence.
-# Returns 1 when every lock key still holds the token and every counter is now
-# >= fence; 0 (and writes nothing) when the lease is gone on this node.
+# KEYS: n fence counters, then the node's fence status; no ARGV.
+# Returns {"counter", highest, trust} like ACQUIRE_FENCED, without a lease and
+# without writing (highest is the counter itself, not one more).
+READ_FENCE = Script("""
+local n = #KEYS - 1
+local status = redis.call('get', KEYS[n + 1])
+local trust = 1
+if status == false then trust = -1 end
+local high = 0
+for i = 1, n do
+  local seen = redis.call('get', KEYS[i])
+  if seen == false then
+    if status ~= 'trusted' and trust == 1 then trust = 0 end
+    seen = '0'
+  end
+  seen = tonumber(seen)
+  if seen > high then high = seen end
+end
+return {'counter', high, trust}
+""")
+
+# KEYS: n lock keys, then their n fence counters, then the node's fence status;
+# ARGV[1]: token; ARGV[2]: fence; ARGV[3]: the status to give the node if it has
+# none ("trusted" or "recovering"), or "" to leave it.
+# "recovering" is set whatever the token (it only withdraws trust); "trusted" only
+# where the token still holds: the client decided it from replies that may be old,
+# and the token proves the node has not lost its state since it replied.
+# Returns 1 when every lock key still holds the token and every counter is now >=
+# fence (which makes them trusted on a recovering node); 0 (and writes no counter)
+# when the lease is gone on this node.
 COMMIT_FENCE = Script("""
-local n = #KEYS / 2
+local n = (#KEYS - 1) / 2
+local status = KEYS[2 * n + 1]
+if ARGV[3] == 'recovering' then redis.call('set', status, ARGV[3], 'nx') end
 for i = 1, n do
   if redis.call('get', KEYS[i]) ~= ARGV[1] then return 0 end
 end
+if ARGV[3] == 'trusted' then redis.call('set', status, ARGV[3], 'nx') end
 local fence = tonumber(ARGV[2])
 for i = 1, n do
   if tonumber(redis.call('get', KEYS[n + i]) or '0') < fence then
@@ -73,11 +123,16 @@ end
 return 1
 """)
 
-# KEYS: fence counter keys; ARGV[1]: a fence value.
-# Raises every counter below ARGV[1] to it (never lowers one); returns 1.
+# KEYS: fence counters, then the node's fence status; ARGV[1]: a fence value.
+# Raises every counter below ARGV[1] to it (never lowers one); returns 1. Only a
+# "trusted" node creates a missing counter: elsewhere a new counter would count
+# as written back (trusted) once the node recovers, with no such guarantee.
 ADVANCE_FENCE = Script("""
-for i = 1, #KEYS do
-  if tonumber(redis.call('get', KEYS[i]) or '0') < tonumber(ARGV[1]) then
+local n = #KEYS - 1
+local trusted = redis.call('get', KEYS[n + 1]) == 'trusted'
+for i = 1, n do
+  local seen = redis.call('get', KEYS[i])
+  if (seen ~= false or trusted) and tonumber(seen or '0') < tonumber(ARGV[1]) then
     redis.call('set', KEYS[i], ARGV[1])
   end
 end
@@ -100,24 +155,37 @@ return 1
 # KEYS: the lock keys of the lease; ARGV[1]: token; ARGV[2]: wake-up TTL in ms;
 # ARGV[3...]: the wake-up list of each lock key, in the same order.
 # Returns how many keys held the token and were deleted; keys held by another
-# token are left alone. Each deleted key leaves one element in its wake-up list
-# (never more), which wakes one client blocked on it (`Redlock.wait_released`).
+# token are left alone. Each key that is free afterwards (deleted, or never held
+# here: the holder may have skipped this node) leaves one element in its wake-up
+# list (never more), which wakes one client blocked on it (`Redlock.wait_released`):
+# a waiter blocks on one node, so every node the release reaches must wake it.
 # The lists are not declared as KEYS and are written with pcall, on purpose: a
 # node whose ACL predates them (no ~redlock-wake:*) still releases; its waiters
 # just wait out their timeouts.
 RELEASE = Script("""
 local released = 0
 for i = 1, #KEYS do
-  if redis.call('get', KEYS[i]) == ARGV[1] then
+  local held = redis.call('get', KEYS[i])
+  if held == ARGV[1] then
     redis.call('del', KEYS[i])
+    released = released + 1
+  end
+  if held == ARGV[1] or held == false then
     local wake = ARGV[2 + i]
     redis.pcall('rpush', wake, 1)
     redis.pcall('ltrim', wake, -1, -1)
     redis.pcall('pexpire', wake, ARGV[2])
-    released = released + 1
   end
 end
 return released
 """)
 
-ALL_SCRIPTS = (ACQUIRE_MANY, ACQUIRE_FENCED, COMMIT_FENCE, ADVANCE_FENCE, EXTEND, RELEASE)
+ALL_SCRIPTS = (
+    ACQUIRE_MANY,
+    ACQUIRE_FENCED,
+    READ_FENCE,
+    COMMIT_FENCE,
+    ADVANCE_FENCE,
+    EXTEND,
+    RELEASE,
+)

@@ -14,7 +14,7 @@ from tasks.errors import (
     OrderConflict,
     OrderError,
     StaleFence,
-    StockUnavailable,
+    TryLater,
 )
 from tasks.producer import OrderView, get_order, submit_order
 from tasks.validation import TASK_NAME
@@ -29,7 +29,7 @@ def __getattr__(name: str) -> Any:
     # Imported on demand: importing the task registers it with every Celery app,
     # which a process that only enqueues (or the benchmark's no-op worker) must not do.
     if name == "place_order":
-        from tasks.place_order import place_order
+        from tasks.celery_task import place_order
 
         return place_order
     raise AttributeError(f"module 'tasks' has no attribute {name!r}")
@@ -44,7 +44,7 @@ __all__ = [
     "OrderError",
     "OrderView",
     "StaleFence",
-    "StockUnavailable",
+    "TryLater",
     "get_order",
     "place_order",
     "submit_order",

@@ -32,17 +32,21 @@ class OrderConflict(OrderError):
         self.order_id = order_id
 
 
-class StockUnavailable(OrderError):
-    """The order could not take its lock in time; the task retries it later.
+class TryLater(OrderError):
+    """The lock or the order's row is busy (or the lease lapsed): retry the order later.
 
-    :param order_id: the order waiting for its SKUs.
-    :param cause: what stood in the way (contention, lock nodes down).
+    Not "out of stock": an order without stock is decided ``rejected``.
+
+    :param order_id: the order that could not be decided in this run.
+    :param cause: one of `tasks.events.RETRY_CAUSES` (``lock_contended``...).
+    :param detail: what stood in the way, for the logs.
     """
 
-    def __init__(self, order_id: uuid.UUID, cause: str) -> None:
-        super().__init__(f"order {order_id} could not lock its SKUs: {cause}")
+    def __init__(self, order_id: uuid.UUID, cause: str, detail: str) -> None:
+        super().__init__(f"order {order_id} cannot be decided now ({cause}): {detail}")
         self.order_id = order_id
         self.cause = cause
+        self.detail = detail
 
 
 class DatabaseUnavailable(OrderError):

@@ -18,11 +18,12 @@ from typing import Any
 
 from celery import Celery
 from sqlalchemy import Connection, Engine, event, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, SessionTransaction
 
 from tasks.errors import OrderConflict
 from tasks.models import ORDER_ITEMS, ORDERS, OrderStatus
-from tasks.orders import _upsert
+from tasks.orders import Upsert
 from tasks.validation import TASK_NAME, OrderRequest
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ def store_accepted(session: Session, request: OrderRequest) -> bool:
         "delivered_at": None,
     }
     inserted = session.execute(
-        _upsert(session, values)
+        _upsert_of(session)(ORDERS)
+        .values(**values)
         .on_conflict_do_nothing(index_elements=[ORDERS.c.id])
         .returning(ORDERS.c.id)
     ).first()
@@ -94,6 +96,12 @@ def store_accepted(session: Session, request: OrderRequest) -> bool:
         ],
     )
     return True
+
+
+def _upsert_of(session: Session) -> Upsert:
+    """The INSERT with ON CONFLICT of the session's database (PostgreSQL or SQLite)."""
+    name = session.get_bind().dialect.name
+    return postgresql.insert if name == "postgresql" else sqlite.insert
 
 
 def message_kwargs(request: OrderRequest) -> dict[str, Any]:

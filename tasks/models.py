@@ -53,7 +53,11 @@ OPEN = frozenset({OrderStatus.ACCEPTED, OrderStatus.PENDING})
 
 
 class Product(Base):
-    """A SKU on sale; ``fence`` is the highest lock fence that ever wrote its stock."""
+    """A SKU on sale; ``fence`` is the highest lock fence that ever wrote its stock.
+
+    ``fence_token`` is a digest of the token of the lease that wrote it with that
+    fence: a different lease with an equal fence is refused (migration 0004).
+    """
 
     __tablename__ = "products"
     __table_args__ = (CheckConstraint("stock >= 0", name="stock_not_negative"),)
@@ -63,6 +67,7 @@ class Product(Base):
     stock: Mapped[int] = mapped_column(Integer)
     initial_stock: Mapped[int] = mapped_column(Integer)
     fence: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    fence_token: Mapped[str | None] = mapped_column(String(16), default=None)
 
 
 class Order(Base):

@@ -1,8 +1,9 @@
-"""Placing one order: record it, take the lock over its SKUs, settle, release.
+"""Placing one order: check its SKUs, take the lock over them, settle, release.
 
 This is the orchestration the Celery task calls; it knows nothing of Celery.
-Errors that are worth a later retry come out as `StockUnavailable` or
-`DatabaseUnavailable`; everything else is an outcome.
+Errors that are worth a later retry come out as `TryLater` or
+`DatabaseUnavailable`; everything else is an outcome. Every order this process
+moves to a terminal state is reported to `OrderEvents.order_decided`.
 """
 
 from __future__ import annotations
@@ -10,21 +11,17 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 
-from locking import (
-    NO_RETRY,
-    Lease,
-    LeaseLost,
-    LockContended,
-    QuorumUnavailable,
-    Redlock,
-    RetryPolicy,
-)
-from tasks.errors import OverBudget, StaleFence, StockUnavailable
-from tasks.models import TERMINAL
+from locking import NO_RETRY, Lease, LeaseLost, LockContended, QuorumUnavailable, RetryPolicy
+from tasks.errors import OverBudget, StaleFence, TryLater
+from tasks.events import NULL_EVENTS, OrderEvents
+from tasks.known_skus import KnownSkus
+from tasks.lock import OrderLock
+from tasks.models import TERMINAL, OrderStatus
 from tasks.orders import OrderState
-from tasks.store import OrderStore
+from tasks.store import OrderStore, StepResult
 from tasks.validation import OrderRequest
 
 logger = logging.getLogger(__name__)
@@ -40,48 +37,59 @@ class LockPolicy:
     :param ttl_ms: lease TTL; must cover one settlement transaction with margin.
     :param handoff_ms: how long a refused order waits for the lock, woken by
         releases, before it records itself for the holder to settle (0: at once).
-    :param wait: attempts and backoff before the task gives the slot back and retries later.
+    :param retry_in_task: once recorded, how often (and with what backoff) the
+        order tries the lock again, or finds itself decided by the holder, before
+        the task gives its slot back and the order is retried later.
     """
 
     ttl_ms: int = 5000
     handoff_ms: float = 20.0
-    wait: RetryPolicy = field(
+    retry_in_task: RetryPolicy = field(
         default_factory=lambda: RetryPolicy(attempts=8, base_delay_ms=2.0, max_delay_ms=50.0)
     )
 
 
 class OrderPlacer:
-    """Places orders against one database and, unless disabled, one Redlock.
+    """Places orders against one store and, unless disabled, one lock.
 
     :param store: the database steps of this process.
-    :param redlock: the lock, or None to rely on the database guard alone
-        (benchmarks only: the guard stays correct, contention is just higher).
+    :param lock: the lock (a `locking.Redlock`), or None to rely on the database
+        guard alone (benchmarks only: the guard stays correct, contention is higher).
     :param policy: lock TTL and in-task wait.
+    :param events: where decisions, settlements and lock waits are reported.
+    :param known_skus_capacity: SKUs remembered as existing (see `tasks.known_skus`).
     """
 
     def __init__(
         self,
         *,
         store: OrderStore,
-        redlock: Redlock | None,
+        lock: OrderLock | None,
         policy: LockPolicy = LockPolicy(),
+        events: OrderEvents = NULL_EVENTS,
         rng: random.Random | None = None,
+        known_skus_capacity: int = 10_000,
     ) -> None:
         self._store = store
-        self._redlock = redlock
+        self._lock = lock
         self._policy = policy
+        self._events = events
         self._rng = rng or random.Random()
+        self._known = KnownSkus(store.known_skus, capacity=known_skus_capacity)
 
     def place(self, request: OrderRequest) -> OrderState:
         """Record the order and decide it; return its state (terminal unless retried).
 
         :raises OrderConflict: the id was used with another payload.
-        :raises StockUnavailable: the lock could not be taken in this run.
+        :raises TryLater: the lock (or the order's row) was busy in this run.
         :raises DatabaseUnavailable: the database failed; nothing half-done remains.
         """
-        if self._redlock is None:
+        if self._lock is None:
             return self._settle_until_decided(request, None, None, record=True)
-        return self._place_locked(request, self._redlock)
+        if self._known.unknown(request.skus):
+            # Before the lock: an unknown SKU must leave no fence counter on its nodes.
+            return self.end(request, OrderStatus.REJECTED, "unknown_sku")
+        return self._place_locked(request, self._lock)
 
     def state_of(self, request: OrderRequest) -> OrderState:
         """Read the order's current state."""
@@ -89,13 +97,26 @@ class OrderPlacer:
 
     def record(self, request: OrderRequest) -> OrderState:
         """Record the order (pending) on its own; return its state."""
-        return self._store.record(request)
+        return self._report(self._store.record(request))
+
+    def end(self, request: OrderRequest, status: OrderStatus, reason: str) -> OrderState:
+        """End the order with ``status`` and ``reason`` unless decided; record it if needed."""
+        return self._report(self._store.end(request, status, reason))
 
     def fail(self, request: OrderRequest, reason: str) -> OrderState:
-        """End the order ``failed`` with ``reason`` unless it was decided; record it if needed."""
-        return self._store.fail(request, reason)
+        """End the order ``failed`` with ``reason`` unless it was decided."""
+        return self.end(request, OrderStatus.FAILED, reason)
 
-    def _place_locked(self, request: OrderRequest, redlock: Redlock) -> OrderState:
+    def reject_invalid(self, order_id: uuid.UUID, customer_id: object, reason: str) -> OrderState:
+        """Store an order whose payload was invalid as rejected (an existing order stays)."""
+        return self._report(self._store.reject_invalid(order_id, customer_id, reason))
+
+    def _report(self, step: StepResult) -> OrderState:
+        for decision in step.decisions:
+            self._events.order_decided(decision.status.value, decision.reason, decision.age_s)
+        return step.state
+
+    def _place_locked(self, request: OrderRequest, lock: OrderLock) -> OrderState:
         """Record and settle in one step under the lock, got at once or handed over.
 
         Refused, the order first waits to be woken by a release (waiters take
@@ -107,21 +128,29 @@ class OrderPlacer:
         resources = [f"sku:{sku}" for sku in request.skus]
         started_s = time.monotonic()
         try:
-            lease = self._try_acquire(redlock, resources, request) or self._handoff(
-                redlock, resources, request
+            lease = self._try_acquire(lock, resources, request) or self._handoff(
+                lock, resources, request
             )
-        except StockUnavailable as error:
-            return self._recorded_or_raise(request, error.cause)
+        except TryLater as error:
+            self._lock_outcome(started_s, "unavailable")
+            return self._recorded_or_raise(request, error)
         recorded = lease is None
         if lease is None:
             state = self.record(request)
             if state.status in TERMINAL:
+                self._lock_outcome(started_s, "contended")
                 return state
-            outcome = self._wait(redlock, resources, request)
+            try:
+                outcome = self._wait(lock, resources, request)
+            except TryLater as error:
+                kind = "unavailable" if error.cause == "lock_unavailable" else "contended"
+                self._lock_outcome(started_s, kind)
+                raise
             if isinstance(outcome, OrderState):
+                self._lock_outcome(started_s, "contended")
                 return outcome
             lease = outcome
-        wait_ms = (time.monotonic() - started_s) * 1000
+        wait_ms = self._lock_outcome(started_s, "granted") * 1000
         try:
             return self._settle_until_decided(request, lease, wait_ms, record=not recorded)
         except (LeaseLost, StaleFence, OverBudget) as error:
@@ -129,29 +158,37 @@ class OrderPlacer:
                 "Order %r: settlement aborted, will retry: %s", str(request.order_id), error
             )
             if isinstance(error, StaleFence):
-                self._advance_fences(redlock, resources, request)
+                self._advance_fences(lock, resources, request)
+            cause = {LeaseLost: "lease_lost", StaleFence: "stale_fence"}.get(
+                type(error), "over_budget"
+            )
+            try_later = TryLater(request.order_id, cause, str(error))
             if not recorded:
-                return self._recorded_or_raise(request, str(error))
-            raise StockUnavailable(request.order_id, str(error)) from None
+                return self._recorded_or_raise(request, try_later)
+            raise try_later from None
         finally:
             # Nothing here acts on the outcome, so the round trip is not waited for.
-            redlock.release(lease, confirm=False)
+            lock.release(lease, confirm=False)
 
-    def _advance_fences(
-        self, redlock: Redlock, resources: list[str], request: OrderRequest
-    ) -> None:
+    def _lock_outcome(self, started_s: float, outcome: str) -> float:
+        """Report how one acquire sequence ended; return its duration in seconds."""
+        duration_s = time.monotonic() - started_s
+        self._events.lock_acquired(duration_s, outcome)
+        return duration_s
+
+    def _advance_fences(self, lock: OrderLock, resources: list[str], request: OrderRequest) -> None:
         """Lift the lock's fence counters above the fences the products carry.
 
         A stale holder changes nothing by this; lock nodes that lost their counters
         (restarted empty) issue fences the guard accepts again from the next lease.
         """
         highest = self._store.highest_fence(request.skus)
-        confirmed = redlock.advance_fence(resources, highest)
+        confirmed = lock.advance_fence(resources, highest)
         logger.warning(
             "Fence counters of %r raised to %d on %d node(s).", resources, highest, confirmed
         )
 
-    def _recorded_or_raise(self, request: OrderRequest, cause: str) -> OrderState:
+    def _recorded_or_raise(self, request: OrderRequest, error: TryLater) -> OrderState:
         """Make sure a retried order exists (pending) before the task retries it.
 
         The uncontended path records the order in the same step as its
@@ -160,47 +197,47 @@ class OrderPlacer:
         state = self.record(request)
         if state.status in TERMINAL:
             return state
-        raise StockUnavailable(request.order_id, cause)
+        raise error
 
     def _try_acquire(
-        self, redlock: Redlock, resources: list[str], request: OrderRequest
+        self, lock: OrderLock, resources: list[str], request: OrderRequest
     ) -> Lease | None:
         try:
-            return redlock.acquire(
-                resources, ttl_ms=self._policy.ttl_ms, fence=True, retry=NO_RETRY
-            )
+            return lock.acquire(resources, ttl_ms=self._policy.ttl_ms, fence=True, retry=NO_RETRY)
         except LockContended:
             return None
         except QuorumUnavailable as error:
-            raise StockUnavailable(request.order_id, str(error)) from None
+            raise TryLater(request.order_id, "lock_unavailable", str(error)) from None
 
     def _handoff(
-        self, redlock: Redlock, resources: list[str], request: OrderRequest
+        self, lock: OrderLock, resources: list[str], request: OrderRequest
     ) -> Lease | None:
         """Wait for releases (without recording) until the lock is ours or time is up."""
         deadline_s = time.monotonic() + self._policy.handoff_ms / 1000
         while (left_ms := (deadline_s - time.monotonic()) * 1000) > 0:
-            if not redlock.wait_released(resources, timeout_ms=left_ms):
+            if not lock.wait_released(resources, timeout_ms=left_ms):
                 return None
-            lease = self._try_acquire(redlock, resources, request)
+            lease = self._try_acquire(lock, resources, request)
             if lease is not None:
                 return lease
         return None
 
     def _wait(
-        self, redlock: Redlock, resources: list[str], request: OrderRequest
+        self, lock: OrderLock, resources: list[str], request: OrderRequest
     ) -> Lease | OrderState:
         """Back off (woken early by releases) until the order is decided or the lock is ours."""
-        wait = self._policy.wait
-        for attempt in range(1, wait.attempts):
-            redlock.wait_released(resources, timeout_ms=max(wait.delay_ms(attempt, self._rng), 1.0))
+        retry = self._policy.retry_in_task
+        for attempt in range(1, retry.attempts):
+            lock.wait_released(resources, timeout_ms=max(retry.delay_ms(attempt, self._rng), 1.0))
             state = self.state_of(request)
             if state.status in TERMINAL:
                 return state
-            lease = self._try_acquire(redlock, resources, request)
+            lease = self._try_acquire(lock, resources, request)
             if lease is not None:
                 return lease
-        raise StockUnavailable(request.order_id, f"lock contended after {wait.attempts} attempts")
+        raise TryLater(
+            request.order_id, "lock_contended", f"lock contended after {retry.attempts} attempts"
+        )
 
     def _settle_until_decided(
         self, request: OrderRequest, lease: Lease | None, wait_ms: float | None, *, record: bool
@@ -215,15 +252,21 @@ class OrderPlacer:
             if lease is not None:
                 lease.check(margin_ms=COMMIT_MARGIN_MS)
                 budget_ms = lease.remaining_ms() - COMMIT_MARGIN_MS
-            settled = self._store.settle(
+            step = self._store.settle(
                 request,
                 record=record,
                 fence=None if lease is None else lease.fence,
+                lease_token=None if lease is None else lease.token,
                 wait_ms=wait_ms,
                 budget_ms=budget_ms,
             )
             record = False
-            if settled.state.status in TERMINAL or not settled.decided:
+            # A settlement confirms or rejects; a failure here is the poison check's.
+            settled = sum(1 for d in step.decisions if d.status is not OrderStatus.FAILED)
+            if settled:
+                self._events.settlement_batch(settled)
+            state = self._report(step)
+            if state.status in TERMINAL or not step.decisions:
                 # Decided, or nothing left to settle while ours is still pending: its
                 # row is locked by another run; the task looks again later.
-                return settled.state
+                return state

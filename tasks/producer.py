@@ -18,8 +18,9 @@ from tasks.intake import accept_order
 from tasks.models import Order, OrderStatus
 from tasks.validation import TASK_NAME, parse_order, parse_order_id
 
-#: Publishing retries before the producer reports the broker unavailable.
-PUBLISH_RETRY_POLICY = {
+#: How kombu retries publishing one order before the producer reports the broker
+#: unavailable (connection retries, not order retries).
+BROKER_PUBLISH_RETRIES = {
     "max_retries": 3,
     "interval_start": 0.0,
     "interval_step": 0.2,
@@ -73,7 +74,7 @@ def submit_order(
         accept_order(app, session, request)
         return str(request.order_id)
     try:
-        app.send_task(TASK_NAME, kwargs=kwargs, retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+        app.send_task(TASK_NAME, kwargs=kwargs, retry=True, retry_policy=BROKER_PUBLISH_RETRIES)
     except OperationalError as error:
         raise BrokerUnavailable(str(error)) from None
     return str(kwargs["order_id"])

@@ -49,6 +49,7 @@ def relay_orders(self: Task) -> dict[str, Any]:
             republish_after_s=rt.republish_after_s,
         )
         done = relay.run_once()
+    rt.events.orders_relayed(done.published, done.republished)
     if done.published or done.republished or done.failed:
         logger.warning(
             "Relay round: %d published, %d republished (%d candidates, queue %s), %d failed.",

@@ -8,32 +8,51 @@ between processes and nothing connects at import time.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
-from locking import Redlock
+from locking import Redlock, RetryPolicy
+from tasks.events import NULL_EVENTS, OrderEvents
 from tasks.placement import OrderPlacer
 from tasks.store import OrderStore
 
 
 @dataclass(frozen=True, kw_only=True)
-class RetryBudget:
-    """How a task retries an order that could not be decided yet.
+class TaskRetrySchedule:
+    """When the Celery task runs an undecided order again (a new task run, later).
+
+    Not the lock's own retries (`locking.RetryPolicy`, `LockPolicy.retry_in_task`):
+    these happen after the task gave its worker slot back.
 
     :param max_retries: task retries before the order ends ``failed``.
-    :param base_s: backoff ceiling of the first retry, in seconds.
-    :param max_s: cap of any one backoff, in seconds.
-    :param max_deliveries: deliveries of one order (retries and redeliveries of a
-        lost worker's message) after which it is failed as poison.
+    :param base_delay_s: backoff ceiling of the first retry, in seconds.
+    :param max_delay_s: cap of any one backoff, in seconds.
     """
 
     max_retries: int = 10
-    base_s: float = 0.05
-    max_s: float = 2.0
-    max_deliveries: int = 20
+    base_delay_s: float = 0.05
+    max_delay_s: float = 2.0
+    _backoff: RetryPolicy = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # The same capped, fully jittered backoff as the lock's (one implementation).
+        backoff = RetryPolicy(
+            attempts=self.max_retries + 1,
+            base_delay_ms=self.base_delay_s * 1000,
+            max_delay_ms=self.max_delay_s * 1000,
+        )
+        object.__setattr__(self, "_backoff", backoff)
+
+    def delay_s(self, retries: int, rng: random.Random) -> float:
+        """Return the countdown before retry number ``retries + 1``, in seconds.
+
+        :param retries: task retries already made (0 before the first).
+        :param rng: the random source.
+        """
+        return self._backoff.delay_ms(retries + 1, rng) / 1000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,11 +60,11 @@ class Runtime:
     """The per-process dependencies of the order tasks."""
 
     engine: Engine
-    sessions: sessionmaker[Session]
     store: OrderStore
     redlock: Redlock | None
     placer: OrderPlacer
-    budget: RetryBudget
+    retries: TaskRetrySchedule
+    events: OrderEvents = NULL_EVENTS
     #: The relay's INTAKE_REPUBLISH_AFTER_S (see `tasks.relay`).
     republish_after_s: float = 60.0
 

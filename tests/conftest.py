@@ -1,41 +1,48 @@
 """Shared fixtures: real redis-server lock nodes, a real broker, a fresh PostgreSQL database.
 
-A missing service or binary stops the whole run with a message saying what is
-missing and how to start it; nothing is skipped silently.
+Each fixture checks the service it needs when a test asks for it: a missing
+service or binary fails that test with a message saying what is missing and how
+to start it (never a skip), and a test that needs no service runs anywhere.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
-import psycopg2
 import pytest
 from sqlalchemy import Engine
 
 from tasks.db import create_db_engine
 from tasks.migrate import upgrade
-from tests.pg import PG_ADMIN_URL, create_database, drop_database
-from worker.redis_server import INSTALL_HINT, RedisServer, redis_servers
-from worker.stack import LocalStack
+from tests.pg import PostgreSQLUnavailable, create_database, drop_database
+from tests.rabbitmq import amqp_url, rabbitmq_vhost
+from worker.demo.redis_server import (
+    RedisServer,
+    RedisServerError,
+    redis_server_binary,
+    redis_servers,
+)
+from worker.demo.stack import LocalStack
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    if shutil.which("redis-server") is None:
-        pytest.exit(f"redis-server is required by the tests; {INSTALL_HINT}", returncode=3)
+def _require_redis_server() -> None:
     try:
-        psycopg2.connect(PG_ADMIN_URL, connect_timeout=3).close()
-    except psycopg2.OperationalError as error:
-        pytest.exit(
-            f"PostgreSQL is required by the tests and is not reachable at {PG_ADMIN_URL}: "
-            f"{str(error).strip()} (start it, or set TEST_PG_ADMIN_URL)",
-            returncode=3,
-        )
+        redis_server_binary()
+    except RedisServerError as error:
+        pytest.fail(f"redis-server is required by this test: {error}", pytrace=False)
+
+
+def _new_database() -> str:
+    try:
+        return create_database()
+    except PostgreSQLUnavailable as error:
+        pytest.fail(str(error), pytrace=False)
 
 
 @pytest.fixture
 def lock_nodes() -> Iterator[list[RedisServer]]:
     """Three fresh, independent redis-server lock nodes on free loopback ports."""
+    _require_redis_server()
     with redis_servers(3) as servers:
         yield servers
 
@@ -49,6 +56,7 @@ def node_urls(lock_nodes: list[RedisServer]) -> list[str]:
 @pytest.fixture(scope="session")
 def broker() -> Iterator[RedisServer]:
     """A redis-server used only as the Celery broker (never a lock node)."""
+    _require_redis_server()
     with redis_servers(1) as servers:
         yield servers[0]
 
@@ -56,7 +64,7 @@ def broker() -> Iterator[RedisServer]:
 @pytest.fixture
 def database_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for one test, dropped afterwards."""
-    url = create_database()
+    url = _new_database()
     try:
         upgrade(url)
         yield url
@@ -67,7 +75,7 @@ def database_url() -> Iterator[str]:
 @pytest.fixture
 def empty_database_url() -> Iterator[str]:
     """A fresh PostgreSQL database with no schema (for migration tests)."""
-    url = create_database()
+    url = _new_database()
     try:
         yield url
     finally:
@@ -89,7 +97,23 @@ def stack(database_url: str) -> Iterator[LocalStack]:
     Start workers with ``stack.start_worker(concurrency=2)``; everything is stopped
     at the end of the test.
     """
+    _require_redis_server()
     with LocalStack(env={"DATABASE_URL": database_url}) as local:
         local.start_lock_nodes(3)
         local.start_broker()
+        yield local
+
+
+@pytest.fixture
+def rabbitmq_url() -> Iterator[str]:
+    """The amqp:// URL of a fresh RabbitMQ vhost of this test, deleted afterwards."""
+    with rabbitmq_vhost() as vhost:
+        yield amqp_url(vhost)
+
+
+@pytest.fixture
+def amqp_stack(database_url: str, rabbitmq_url: str) -> Iterator[LocalStack]:
+    """Three lock nodes around the test's database, with RabbitMQ (own vhost) as broker."""
+    with LocalStack(env={"DATABASE_URL": database_url, "CELERY_BROKER_URL": rabbitmq_url}) as local:
+        local.start_lock_nodes(3)
         yield local

@@ -7,20 +7,35 @@ check what is stored, not what a function says it stored.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, Uuid, bindparam, inspect, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tasks.db import create_db_engine
+from tasks.errors import StaleFence
 from tasks.migrate import alembic_config
-from tasks.models import Order, OrderItem, Product, StockMovement
-from tasks.orders import record_pending
-from tasks.settlement import Settlement, settle
+from tasks.models import Order, OrderItem, OrderStatus, Product, StockMovement
+from tasks.orders import Executor, OrderState
+from tasks.pg_store import STALE_FENCE_SQLSTATE
+from tasks.pg_store import record_pending as record_on_postgresql
+from tasks.settlement import BATCH_LIMIT, Fencing, settle
+from tasks.sqlite_store import record_pending as record_on_sqlite
+from tasks.store import token_digest
 from tasks.validation import OrderRequest, parse_order
+
+#: flashsale_settle of tasks/sql/settle.sql, called directly (the store calls it
+#: through flashsale_place).
+SETTLE_FUNCTION = text(
+    "SELECT order_id, status, reason, age_s"
+    " FROM flashsale_settle(:skus, :fence, :token, :limit, :own, :wait)"
+).bindparams(bindparam("own", type_=Uuid))
+#: The lease token `settle_now` writes with unless told otherwise.
+TEST_LEASE_TOKEN = "test-lease"
 
 
 def payload(
@@ -53,11 +68,67 @@ def record(
     return order
 
 
-def settle_now(sessions: sessionmaker[Session], skus: list[str], **kwargs: Any) -> Settlement:
-    """Settle the pending orders within ``skus`` in one committed transaction (no lock)."""
-    kwargs.setdefault("fence", None)
+def record_pending(session: Executor, order: OrderRequest) -> OrderState:
+    """Record ``order`` as the database's store does (function or upsert)."""
+    if _is_postgresql(session):
+        return record_on_postgresql(session, order)
+    assert isinstance(session, Session)
+    return record_on_sqlite(session, order)
+
+
+Decided = dict[uuid.UUID, tuple[OrderStatus, str | None]]
+
+
+def settle_now(
+    sessions: sessionmaker[Session],
+    skus: list[str],
+    *,
+    fence: int | None = None,
+    token: str = TEST_LEASE_TOKEN,
+    limit: int = BATCH_LIMIT,
+    own_order_id: uuid.UUID | None = None,
+    own_lock_wait_ms: float | None = None,
+    before_commit: Callable[[], None] = lambda: None,
+) -> Decided:
+    """Run the settlement rules of the database over ``skus`` in one committed transaction.
+
+    PostgreSQL runs ``flashsale_settle``, SQLite `tasks.settlement.settle`. Returns
+    order id -> (status, reason) of what was decided.
+    """
     with sessions.begin() as session:
-        return settle(session, skus=skus, **kwargs)
+        if not _is_postgresql(session):
+            fencing = None if fence is None else Fencing(fence, token_digest(token) or "")
+            decisions = settle(
+                session,
+                skus=skus,
+                fencing=fencing,
+                before_commit=before_commit,
+                own_order_id=own_order_id,
+                own_lock_wait_ms=own_lock_wait_ms,
+                limit=limit,
+            )
+            return {d.order_id: (d.status, d.reason) for d in decisions}
+        params = {
+            "skus": list(skus),
+            "fence": fence,
+            "token": None if fence is None else token_digest(token),
+            "limit": limit,
+            "own": own_order_id,
+            "wait": own_lock_wait_ms,
+        }
+        try:
+            rows = session.execute(SETTLE_FUNCTION, params).all()
+        except DBAPIError as error:
+            if getattr(error.orig, "pgcode", None) == STALE_FENCE_SQLSTATE:
+                raise StaleFence(",".join(skus), fence) from None
+            raise
+        before_commit()
+        return {row.order_id: (OrderStatus(row.status), row.reason) for row in rows}
+
+
+def _is_postgresql(session: Executor) -> bool:
+    bind = session.get_bind() if isinstance(session, Session) else session
+    return bind.dialect.name == "postgresql"
 
 
 @dataclass(frozen=True)

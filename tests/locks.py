@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from worker.redis_server import RedisServer
+from worker.demo.redis_server import RedisServer
 
 
 def lock_key(sku: str) -> str:

@@ -8,6 +8,7 @@ commands are run for real through ``sh -c``, as honcho runs them.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -25,10 +26,10 @@ import yaml  # type: ignore[import-untyped]
 from celery import Celery
 from sqlalchemy import create_engine, inspect
 
-from worker.monitor import flower_command, http_status, wait_until_answering
-from worker.redis_server import free_port
+from worker.demo.flower import flower_command, http_status, wait_until_answering
+from worker.demo.redis_server import free_port
+from worker.demo.stack import LocalStack
 from worker.settings import Settings
-from worker.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -116,6 +117,43 @@ def test_beat_runs_the_relay_with_the_workers_settings(compose: dict[str, Any]) 
         assert name in beat["environment"]
 
 
+#: ``name:version[-variant]``; PostgreSQL (10+) numbers its releases major.minor.
+IMAGE_TAG = re.compile(r"(?P<name>[a-z0-9./-]+):(?P<version>\d+(?:\.\d+)*)(?:-[A-Za-z0-9.-]+)?")
+
+
+def is_exact_image(image: str) -> bool:
+    """Return true when ``image`` names one release (or one digest), not a moving tag."""
+    if re.fullmatch(r"[a-z0-9./:-]+@sha256:[0-9a-f]{64}", image):
+        return True
+    match = IMAGE_TAG.fullmatch(image)
+    if match is None:
+        return False
+    parts = match["version"].count(".") + 1
+    return parts == (2 if match["name"] == "postgres" else 3)
+
+
+def test_every_compose_image_is_pinned_to_an_exact_version(compose: dict[str, Any]) -> None:
+    images = {name: s["image"] for name, s in compose["services"].items() if "build" not in s}
+    assert images, "no third-party image in docker-compose.yml"
+    for name, image in images.items():
+        assert is_exact_image(image), f"{name}: image {image!r} is not an exact version"
+
+
+def test_the_dockerfile_base_image_is_exact_and_installs_from_the_constraints() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    bases = re.findall(r"^FROM\s+(\S+)", dockerfile, flags=re.MULTILINE)
+    assert bases and all(is_exact_image(base) for base in bases), bases
+    assert re.search(r"pip install -c constraints\.txt \"\.\[worker\]\"", dockerfile)
+    assert "constraints.txt" in dockerfile.split("COPY", 1)[1]
+
+
+def test_a_moving_tag_is_not_exact() -> None:
+    for image in ("redis:7.2-alpine", "postgres:16-alpine", "python:3.11-slim", "redis"):
+        assert not is_exact_image(image), image
+    for image in ("redis:7.2.7-alpine", "postgres:16.6-alpine", "python:3.11.11-slim-bookworm"):
+        assert is_exact_image(image), image
+
+
 def test_lock_nodes_are_three_distinct_servers_none_of_them_the_broker(
     compose: dict[str, Any], env_example: dict[str, str]
 ) -> None:
@@ -169,9 +207,61 @@ def test_worker_waits_for_migration_and_healthy_services(compose: dict[str, Any]
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
     depends = _service(compose, "worker")["depends_on"]
     assert depends["migrate"]["condition"] == "service_completed_successfully"
+    assert depends["broker"]["condition"] == "service_healthy"
     for name in ("broker", *LOCK_SERVICES):
-        assert depends[name]["condition"] == "service_healthy", name
         assert "healthcheck" in _service(compose, name), name
+    # One lock node down must not stop new workers: their own start-up check
+    # requires a quorum (tests/worker/test_startup.py), not all three nodes.
+    assert not set(LOCK_SERVICES) & set(depends), depends
+
+
+def _healthcheck_text(service: dict[str, Any]) -> str:
+    test = service["healthcheck"]["test"]
+    assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL"), test
+    return " ".join(str(part) for part in test[1:])
+
+
+def test_worker_and_flower_have_health_checks(compose: dict[str, Any]) -> None:
+    worker = _healthcheck_text(_service(compose, "worker"))
+    # $$ is Compose's escape: the shell sees $HOSTNAME, the container's node name (%h).
+    assert "celery -A worker inspect ping -d worker@$$HOSTNAME" in worker
+    hostname = next(p for p in _command(_service(compose, "worker")) if p.startswith("--hostname="))
+    assert hostname == "--hostname=worker@%h"
+    flower = _healthcheck_text(_service(compose, "flower"))
+    assert "http://127.0.0.1:5555/healthcheck" in flower
+
+
+def test_monitoring_profile(compose: dict[str, Any], env_example: dict[str, str]) -> None:
+    for name in ("prometheus", "grafana", "exporter"):
+        assert _service(compose, name).get("profiles") == ["monitoring"], name
+    for name, service in compose["services"].items():
+        if name not in ("prometheus", "grafana", "exporter"):
+            assert "profiles" not in service, f"{name} must run without a profile"
+    worker_env = _service(compose, "worker")["environment"]
+    metrics_port = int(_default(worker_env["WORKER_METRICS_PORT"], env_example))
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    dns = jobs["flashsale-worker"]["dns_sd_configs"][0]
+    assert dns["names"] == ["worker"] and dns["type"] == "A" and dns["port"] == metrics_port
+    exporter_port = _command(_service(compose, "exporter"))[-1]
+    assert jobs["flashsale-exporter"]["static_configs"][0]["targets"] == [
+        f"exporter:{exporter_port}"
+    ]
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    volumes = [str(v) for v in _service(compose, "prometheus")["volumes"]]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in volumes
+    grafana = _service(compose, "grafana")
+    volumes = [str(v) for v in grafana["volumes"]]
+    assert "./deploy/grafana/flashsale.json:/var/lib/grafana/dashboards/flashsale.json:ro" in (
+        volumes
+    )
+    provider = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/flashsale.yml").read_text()
+    )
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    auth = str(grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"])
+    match = COMPOSE_VARIABLE.fullmatch(auth)
+    assert match and match.group(2) == ":?", "Grafana's admin password must be required"
 
 
 def test_flower_requires_basic_auth(compose: dict[str, Any]) -> None:
@@ -185,8 +275,10 @@ def test_flower_requires_basic_auth(compose: dict[str, Any]) -> None:
     for port in flower.get("ports", []):
         assert str(port).startswith("127.0.0.1:"), f"Flower published beyond loopback: {port}"
     for name, service in compose["services"].items():
-        if name != "flower":
+        if name not in ("flower", "prometheus", "grafana"):
             assert "ports" not in service, f"{name} publishes a port"
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} published beyond loopback"
 
 
 def test_every_compose_variable_is_in_env_example(env_example: dict[str, str]) -> None:
@@ -327,6 +419,8 @@ def test_procfile_workers_get_distinct_node_names(procfile: dict[str, str]) -> N
     for port in ("5000", "5001", "5002"):
         words = _expand_words(procfile["worker"], PORT=port)
         names.add(next(word for word in words if word.startswith("--hostname=")))
+        # Each worker serves its metrics on its own PORT, whatever .env says.
+        assert f"WORKER_METRICS_PORT={port}" in words
     assert len(names) == 3, names
 
 
@@ -371,14 +465,16 @@ def test_procfile_worker_and_flower_lines_run(
     procfile: dict[str, str], procfile_stack: LocalStack
 ) -> None:
     stack = procfile_stack
-    for port in ("5000", "5001"):
+    # Free ports, not honcho's 5000 and 5001: each worker binds its PORT for metrics.
+    ports = [str(free_port()), str(free_port())]
+    for port in ports:
         stack.env["PORT"] = port
         stack.start_process(["sh", "-c", procfile["worker"]], log_name=f"worker.{port}.log")
     flower_port = free_port()
     stack.env.update(PORT=str(flower_port), FLOWER_BASIC_AUTH="ops:procfile-pw")
     flower = stack.start_process(["sh", "-c", procfile["flower"]], log_name="flower.log")
     host = socket.gethostname()
-    expected = {f"worker.5000@{host}", f"worker.5001@{host}"}
+    expected = {f"worker.{port}@{host}" for port in ports}
     replies: set[str] = set()
     with Celery("procfile-test", broker=stack.env["CELERY_BROKER_URL"]) as control:
         control.conf.accept_content = ["json"]
@@ -387,9 +483,148 @@ def test_procfile_worker_and_flower_lines_run(
                 replies |= set(reply)
             if expected <= replies:
                 break
-    assert expected <= replies, (replies, (stack.workdir / "worker.5000.log").read_text()[-2000:])
+    assert expected <= replies, (replies, (stack.workdir / f"worker.{ports[0]}.log").read_text())
     url = f"http://127.0.0.1:{flower_port}"
     wait_until_answering(flower, f"{url}/api/workers", timeout_s=30)
     assert http_status(f"{url}/api/workers") == 401
     assert http_status(f"{url}/api/workers", credentials="ops:procfile-pw") == 200
     assert flower_command(flower_port)[3:5] == ["-A", "worker"]  # same app as the demo's
+
+
+# --- deploy/prometheus and deploy/grafana -----------------------------------------
+
+RULE_KEYS = {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
+PROM_DURATION = re.compile(r"(\d+(ms|s|m|h|d|w|y))+")
+
+
+def _balanced(expr: str) -> bool:
+    """True when brackets pair up and quotes close, outside of quoted strings."""
+    stack: list[str] = []
+    quote = ""
+    pairs = {")": "(", "]": "[", "}": "{"}
+    for char in expr:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'`":
+            quote = char
+        elif char in "([{":
+            stack.append(char)
+        elif char in pairs and (not stack or stack.pop() != pairs[char]):
+            return False
+    return not stack and not quote
+
+
+@pytest.fixture(scope="module")
+def alert_rules() -> dict[str, dict[str, Any]]:
+    """Alert name -> rule, after checking the file is Prometheus's rule format."""
+    data = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    assert isinstance(data, dict) and set(data) == {"groups"}
+    rules: dict[str, dict[str, Any]] = {}
+    group_names = [group["name"] for group in data["groups"]]
+    assert len(set(group_names)) == len(group_names), "group names must be unique"
+    for group in data["groups"]:
+        assert set(group) <= {"name", "interval", "limit", "rules"}, group.keys()
+        assert isinstance(group["name"], str) and group["name"]
+        assert isinstance(group["rules"], list) and group["rules"]
+        for rule in group["rules"]:
+            assert isinstance(rule, dict) and set(rule) <= RULE_KEYS, rule
+            assert ("alert" in rule) != ("record" in rule), rule
+            assert isinstance(rule["expr"], str) and _balanced(rule["expr"]), rule["expr"]
+            for key in ("for", "keep_firing_for"):
+                if key in rule:
+                    assert PROM_DURATION.fullmatch(str(rule[key])), rule[key]
+            for key in ("labels", "annotations"):
+                mapping = rule.get(key, {})
+                assert isinstance(mapping, dict), rule
+                assert all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items())
+            if "alert" in rule:
+                assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", rule["alert"])
+                assert rule["alert"] not in rules, f"duplicate alert {rule['alert']}"
+                assert rule.get("annotations", {}).get("summary"), rule["alert"]
+                rules[rule["alert"]] = rule
+    return rules
+
+
+def _duration_prom_s(text: str) -> float:
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    return sum(int(n) * scale[u] for n, u in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text))
+
+
+def test_alert_rules_cover_the_operators_cases(alert_rules: dict[str, dict[str, Any]]) -> None:
+    def alert_on(*needles: str) -> dict[str, Any]:
+        found = [r for r in alert_rules.values() if all(n in r["expr"] for n in needles)]
+        assert found, f"no alert whose expr has {needles}"
+        return found[0]
+
+    node_down = alert_on("flashsale_lock_node_up", "== 0")
+    assert _duration_prom_s(node_down["for"]) >= 60
+    margin = alert_on("flashsale_lock_node_up", "floor(count", "<= 0")
+    assert margin["labels"]["severity"] == "critical"
+    failing = alert_on("flashsale_orders_total", 'status="failed"')
+    assert "lock_unavailable" in failing["expr"] and "database_unavailable" in failing["expr"]
+    alert_on("flashsale_oldest_open_order_age_seconds", ">")
+    alert_on('up{job="flashsale-worker"}', "== 0")
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    for rule in alert_rules.values():
+        for job in re.findall(r'job="([^"]+)"', rule["expr"]):
+            assert job in jobs, f"{rule['alert']} queries unknown job {job}"
+
+
+def test_dashboard_is_grafana_json_with_every_panel_queried() -> None:
+    dashboard = json.loads((ROOT / "deploy/grafana/flashsale.json").read_text())
+    assert dashboard["uid"] and dashboard["title"] and dashboard["panels"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(set(ids)) == len(ids)
+    text = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    assert all(_balanced(t["expr"]) for p in dashboard["panels"] for t in p["targets"])
+    for name in (
+        "flashsale_lock_node_up",
+        "flashsale_lock_acquire_seconds_bucket",
+        "flashsale_orders_total",
+        "flashsale_order_decision_seconds_bucket",
+        "flashsale_settlement_batch_orders_bucket",
+        "flashsale_open_orders",
+    ):
+        assert name in text, name
+
+
+@pytest.mark.slow
+def test_the_worker_health_check_command_pings_its_own_node(
+    compose: dict[str, Any], procfile_stack: LocalStack
+) -> None:
+    # Run the compose health check as the container's shell would: $$ is Compose's
+    # escape for $, and a container's HOSTNAME is what %h names its node after.
+    command = _service(compose, "worker")["healthcheck"]["test"][1].replace("$$", "$")
+    stack = procfile_stack
+    stack.start_worker(name="worker", concurrency=1)
+    env = stack.worker_env({"HOSTNAME": socket.gethostname()})
+    healthy = subprocess.run(["sh", "-c", command], env=env, capture_output=True, timeout=60)
+    assert healthy.returncode == 0, healthy.stderr
+    env["HOSTNAME"] = "no-such-container"
+    unhealthy = subprocess.run(["sh", "-c", command], env=env, capture_output=True, timeout=60)
+    assert unhealthy.returncode != 0
+
+
+# --- docker-compose.rabbitmq.yml (RabbitMQ instead of the Redis broker) -------------
+
+RABBITMQ_OVERRIDE = ROOT / "docker-compose.rabbitmq.yml"
+
+
+def test_the_rabbitmq_override_points_every_broker_user_at_rabbitmq(
+    env_example: dict[str, str],
+) -> None:
+    override = yaml.safe_load(RABBITMQ_OVERRIDE.read_text())
+    rabbitmq = _service(override, "rabbitmq")
+    assert "rabbitmq-diagnostics" in rabbitmq["healthcheck"]["test"]
+    assert any(str(volume).endswith(":/var/lib/rabbitmq") for volume in rabbitmq["volumes"])
+    assert "ports" not in rabbitmq, "the broker must not be published outside Compose"
+    for name in ("migrate", "worker", "flower"):
+        url = _default(_service(override, name)["environment"]["CELERY_BROKER_URL"], env_example)
+        assert Settings(broker_url=url).broker_kind == "amqp", (name, url)
+        assert urlsplit(url).hostname == "rabbitmq"
+    for name in ("worker", "flower"):
+        condition = _service(override, name)["depends_on"]["rabbitmq"]["condition"]
+        assert condition == "service_healthy"
+    used = {name for name, _, _ in COMPOSE_VARIABLE.findall(RABBITMQ_OVERRIDE.read_text())}
+    assert used <= env_example.keys(), used - env_example.keys()

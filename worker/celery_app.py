@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
 
 from tasks import runtime
+from tasks.events import NULL_EVENTS
 from tasks.relay import RELAY_QUEUE, RELAY_TASK_NAME
+from worker import observability, signals
+from worker.broker import broker_conf, order_queues
 from worker.settings import Settings
 from worker.wiring import build_runtime
-
-
-#: Celery's default queue: the orders' queue, where every producer sends by default.
-DEFAULT_QUEUE = "celery"
 
 
 def create_app(
     settings: Settings,
     *,
-    include: tuple[str, ...] = ("tasks.place_order", "tasks.relay_task"),
+    include: tuple[str, ...] = ("tasks.celery_task", "tasks.relay_task"),
 ) -> Celery:
     """Return the Celery app for ``settings``; nothing connects until a worker starts.
 
@@ -43,28 +41,25 @@ def create_app(
         task_acks_on_failure_or_timeout=True,
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_time_limit_s,
-        # Unacked messages return after this long; it must exceed any task run. kombu
-        # sweeps for them every 10 s x 10 by default, whatever the timeout: sweep at a
-        # quarter of it, so a crashed worker's message is back in ~1.25x the timeout.
-        broker_transport_options={
-            "visibility_timeout": settings.broker_visibility_timeout_s,
-            "unacked_restore_interval": max(1, int(settings.broker_visibility_timeout_s // 4)),
-            "unacked_restore_throttle": 1,
-        },
+        # Never give up on the broker, at start-up or later; worker.consumer sets the
+        # reconnect interval and leaves out mingle and gossip (see there why).
         broker_connection_retry_on_startup=True,
+        broker_connection_retry=True,
         broker_connection_max_retries=None,
+        worker_consumer="worker.consumer:Consumer",
         worker_cancel_long_running_tasks_on_connection_loss=True,
         # Events on, so Flower sees every task, its arguments and its outcome.
         worker_send_task_events=True,
         task_send_sent_event=True,
         task_track_started=True,
         worker_hijack_root_logger=False,
+        # Redis: visibility timeout; RabbitMQ: publisher confirms, quorum queues.
+        **broker_conf(settings),
         # The intake relay (tasks.relay), sent by `celery -A worker beat` to a queue of
         # its own that every worker also consumes: behind a backlog of minutes in the
-        # orders' queue it would never run in time. A round that waited longer than
-        # one interval is dropped: the next one is coming.
-        task_queues=(Queue(DEFAULT_QUEUE), Queue(RELAY_QUEUE)),
-        task_default_queue=DEFAULT_QUEUE,
+        # orders' queue it would never run in time (measured: no round ran during a
+        # 134 s backlog). A round that waited longer than one interval is dropped.
+        task_queues=order_queues(settings),
         task_routes={RELAY_TASK_NAME: {"queue": RELAY_QUEUE}},
         beat_schedule={
             "intake-relay": {
@@ -75,5 +70,15 @@ def create_app(
         },
     )
     app.flashsale_settings = settings
-    runtime.install(lambda: build_runtime(settings))
+    signals.connect()
+    observability.install(app, settings)
+    # The metrics exist once the worker's main process started them (before the
+    # fork); each process builds its runtime later, on first use.
+    runtime.install(
+        lambda: build_runtime(
+            settings,
+            events=observability.order_events(app) or NULL_EVENTS,
+            on_node_error=observability.node_error_callback(app),
+        )
+    )
     return app

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import uuid
 from collections.abc import Sequence
@@ -16,23 +15,26 @@ from tasks.errors import OrderError
 from tasks.migrate import downgrade, upgrade
 from tasks.models import Product, StockMovement
 from tasks.producer import get_order, submit_order
+from worker.logformat import configure_cli_logging
 from worker.settings import Settings, SettingsError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``flashsale`` command; return the process exit status."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(with_demo=arguments[:1] == ["demo"])
+    args = parser.parse_args(arguments)
     try:
         settings = Settings.from_env()
+        configure_cli_logging(settings.log_format)
         return int(args.run(args, settings) or 0)
     except (SettingsError, OrderError) as error:
         print(f"flashsale: {error}", file=sys.stderr)
         return 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, with_demo: bool) -> argparse.ArgumentParser:
+    """Return the command-line parser; the demo's options (and modules) only when asked."""
     parser = argparse.ArgumentParser(prog="flashsale", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -57,13 +59,29 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("order_id")
     show.set_defaults(run=_show)
 
-    check = commands.add_parser("check", help="check the settings and the lock nodes")
+    check = commands.add_parser(
+        "check", help="check the settings, the lock nodes, the database and the broker"
+    )
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="also fail on a degraded setup: any lock node down, database behind, broker down",
+    )
     check.set_defaults(run=_check)
 
-    demo = commands.add_parser("demo", help="run a complete flash sale on embedded defaults")
-    from worker.demo import add_arguments
+    exporter = commands.add_parser(
+        "exporter", help="serve the database-derived metrics (open orders) on /metrics"
+    )
+    exporter.add_argument("--port", type=int, default=9809)
+    exporter.add_argument("--host", default="0.0.0.0")
+    exporter.set_defaults(run=_exporter)
 
-    add_arguments(demo)
+    demo = commands.add_parser("demo", help="run a complete flash sale on embedded defaults")
+    if with_demo:
+        # Only `flashsale demo` loads the demo: `db upgrade` in a release step must not.
+        from worker.demo.run import add_arguments
+
+        add_arguments(demo)
     return parser
 
 
@@ -144,11 +162,21 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.signals import startup_problems
+    from worker.health import check
 
-    problems = startup_problems(settings)
-    for problem in problems:
+    health = check(settings)
+    for problem in health.problems:
         print(f"problem: {problem}", file=sys.stderr)
-    if not problems:
-        print("configuration OK")
-    return 1 if problems else 0
+    for warning in health.warnings:
+        print(f"{'problem' if args.strict else 'warning'}: {warning}", file=sys.stderr)
+    if health.failed(strict=args.strict):
+        return 1
+    print("configuration OK" if not health.warnings else "configuration OK (degraded)")
+    return 0
+
+
+def _exporter(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.exporter import serve_forever
+
+    serve_forever(settings.database_url, port=args.port, host=args.host)
+    return 0

@@ -1,4 +1,11 @@
-"""Worker lifecycle: refuse unsafe configurations at start, never share state across fork."""
+"""Worker lifecycle: refuse unsafe configurations at start, never share state across fork.
+
+`connect` is called by `worker.celery_app.create_app`: importing `worker` connects
+nothing. The start-up check acts only for an app that `create_app` built (one that
+carries ``flashsale_settings``), so another Celery app in the same process starts
+as if this module were not there; the fork handler only forgets flashsale's own
+runtime.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import logging
 import sys
 from typing import Any
 
+from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
 from tasks import runtime
@@ -33,9 +41,26 @@ def startup_problems(settings: Settings) -> list[str]:
     return problems
 
 
-@worker_init.connect
+def connect() -> None:
+    """Connect the lifecycle handlers once per process (idempotent)."""
+    worker_init.connect(_refuse_unsafe_configuration, dispatch_uid=_UID_REFUSE, weak=False)
+    worker_process_init.connect(_fresh_process_state, dispatch_uid=_UID_FRESH, weak=False)
+
+
+_UID_REFUSE = "flashsale.refuse_unsafe_configuration"
+_UID_FRESH = "flashsale.fresh_process_state"
+
+
+def _settings_of(app: Celery | None) -> Settings | None:
+    """Return the settings of an app built by `create_app`, None for any other app."""
+    settings = getattr(app, "flashsale_settings", None)
+    return settings if isinstance(settings, Settings) else None
+
+
 def _refuse_unsafe_configuration(sender: Any = None, **_: Any) -> None:
-    settings: Settings = sender.app.flashsale_settings
+    settings = _settings_of(getattr(sender, "app", None))
+    if settings is None:
+        return
     problems = startup_problems(settings)
     if problems:
         for problem in problems:
@@ -44,7 +69,8 @@ def _refuse_unsafe_configuration(sender: Any = None, **_: Any) -> None:
         raise SystemExit(2)
 
 
-@worker_process_init.connect
 def _fresh_process_state(**_: Any) -> None:
-    # The parent's engine pool and lock sockets must not be used by this child.
+    # The parent's engine pool and lock sockets must not be used by this child. The
+    # signal names no app; this only forgets flashsale's own runtime, which is right
+    # in any pool child of a process that built a flashsale app.
     runtime.reset()

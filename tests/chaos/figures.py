@@ -1,7 +1,8 @@
 """What a chaos scenario is judged by, read from the database alone.
 
-`figures` counts the orders of a sale; `assert_sound` checks every invariant
-(`tests.sale.check_invariants`) plus the fence order of the ledger; the other
+`figures` counts the orders of a sale and reads oversold units and duplicate
+movements from `worker.demo.audit.check_ledger` (the one ledger check);
+`assert_sound` checks every invariant (`tests.sale.check_invariants`); the other
 helpers read lock waits and decision windows. The observer engine is tagged so
 that the scenario killing database connections spares it.
 """
@@ -19,6 +20,8 @@ from sqlalchemy.pool import NullPool
 
 from tasks.db import normalize_url
 from tests.sale import check_invariants
+from worker.demo.audit import check_ledger
+from worker.demo.stats import percentile
 
 #: application_name of the observer's connections (spared by pg_terminate_backend).
 OBSERVER = "chaos-observer"
@@ -75,7 +78,7 @@ def figures(engine: Engine, order_ids: Iterable[str]) -> Figures:
             ids=wanted,
         )
     )
-    oversold, duplicates = scalar_rows(engine, _ANOMALIES_SQL)[0]
+    ledger = check_ledger(engine)
     decided = sum(
         int(n) for status, n in by_status.items() if status not in ("pending", "accepted")
     )
@@ -85,33 +88,9 @@ def figures(engine: Engine, order_ids: Iterable[str]) -> Figures:
         rejected=int(by_status.get("rejected", 0)),
         failed=int(by_status.get("failed", 0)),
         lost=len(wanted) - decided,
-        oversold=int(oversold),
-        duplicates=int(duplicates),
+        oversold=ledger.oversold_units,
+        duplicates=ledger.duplicate_movements,
     )
-
-
-_ANOMALIES_SQL = """
-WITH sold AS (
-    SELECT i.sku, sum(i.quantity) AS units FROM order_items i
-    JOIN orders o ON o.id = i.order_id AND o.status = 'confirmed' GROUP BY i.sku
-), ledger AS (
-    SELECT sku, -sum(delta) AS units FROM stock_movements GROUP BY sku
-), per_order AS (
-    SELECT m.order_id, count(*) AS moves FROM stock_movements m GROUP BY m.order_id
-), lines AS (
-    SELECT order_id, count(*) AS n FROM order_items GROUP BY order_id
-)
-SELECT
-    (SELECT coalesce(sum(greatest(coalesce(s.units, 0) - p.initial_stock, 0)
-                         + greatest(-p.stock, 0)), 0)
-       FROM products p LEFT JOIN sold s ON s.sku = p.sku),
-    (SELECT coalesce(sum(greatest(m.moves - CASE WHEN o.status = 'confirmed'
-                                                 THEN l.n ELSE 0 END, 0)), 0)
-       FROM per_order m JOIN orders o ON o.id = m.order_id
-       JOIN lines l ON l.order_id = m.order_id)
-  + (SELECT coalesce(sum(greatest(p.initial_stock - p.stock - coalesce(g.units, 0), 0)), 0)
-       FROM products p LEFT JOIN ledger g ON g.sku = p.sku)
-"""
 
 
 def assert_sound(engine: Engine, order_ids: list[str], result: Figures) -> None:
@@ -154,18 +133,23 @@ def lock_wait_percentile(
 ) -> tuple[float, int]:
     """Return the ``share`` percentile of orders.lock_wait_ms and how many orders have one.
 
+    The percentile is `worker.demo.stats.percentile` (nearest rank), as everywhere else.
+
     :param since: only orders decided at or after this time.
     :param until: only orders decided before this time.
     """
-    value, count = scalar_rows(
-        engine,
-        "SELECT percentile_cont(:share) WITHIN GROUP (ORDER BY lock_wait_ms), count(lock_wait_ms)"
-        f" FROM orders WHERE status NOT IN ('pending', 'accepted') AND {_DECIDED_IN_WINDOW}",
-        share=share,
-        since=since,
-        until=until,
-    )[0]
-    return round(float(value or 0.0), 1), int(count)
+    waits = sorted(
+        float(wait)
+        for (wait,) in scalar_rows(
+            engine,
+            "SELECT lock_wait_ms FROM orders"
+            " WHERE status NOT IN ('pending', 'accepted') AND lock_wait_ms IS NOT NULL"
+            f" AND {_DECIDED_IN_WINDOW}",
+            since=since,
+            until=until,
+        )
+    )
+    return round(percentile(waits, share) or 0.0, 1), len(waits)
 
 
 def decided_between(

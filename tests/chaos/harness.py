@@ -22,9 +22,9 @@ from sqlalchemy import Engine
 
 from tests.chaos.figures import ANY_ID_SQL, Figures, figures, scalar_rows
 from tests.sale import enqueue, producer, random_carts, seed_products
-from worker.stack import LocalStack, WorkerProcess
+from worker.demo.stack import LocalStack, WorkerProcess
 
-#: Orders per scenario (the brief's floor is 2,000; raise it for a longer soak).
+#: Orders per scenario (2,000 by default; raise it for a longer soak).
 ORDERS = int(os.environ.get("CHAOS_ORDERS", "2000"))
 
 
@@ -37,7 +37,6 @@ def stock_for(orders: int) -> dict[str, int]:
 
 
 STOCK = stock_for(ORDERS)
-#: application_name of the test's own connections (spared by connection killers).
 #: Bound on waiting for a whole sale to be decided.
 SALE_TIMEOUT_S = 150.0
 #: Worker limits short enough for a lost message to come back within a test.
@@ -54,7 +53,6 @@ FAULT_AT = 0.25
 T = TypeVar("T")
 
 
-#: SQL: the order id is one of the ``:ids`` (UUID strings).
 def wait_until(
     condition: Callable[[], bool], *, timeout_s: float, what: str, poll_s: float = 0.1
 ) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from tests.tcp_proxy import TcpProxy
-from worker.redis_server import RedisServer
+from worker.demo.redis_server import RedisServer
 
 
 class Links:

@@ -8,10 +8,8 @@ retries (nothing was enqueued; the caller may resubmit the same id); workers
 reconnect on their own.
 
 Two restarts: one while the whole sale is queued (no worker yet), one while the
-workers are connected and idle. Not here: a restart while workers are consuming.
-kombu's Redis transport pops a message (BRPOP) before it records it as unacked,
-so a message in flight at that moment can vanish, and with it an accepted order
-(see RELIABILITY.md).
+workers are connected and idle. A restart while workers are consuming is
+scenario 12 (tests/chaos/test_broker_restart.py).
 """
 
 from __future__ import annotations
@@ -28,9 +26,9 @@ from tests.chaos.figures import assert_sound
 from tests.chaos.harness import SHORT_LIMITS, FlashSale, broker_backlog, drain
 from tests.chaos.report import Recorder
 from worker import create_app
-from worker.redis_server import RedisServer
+from worker.demo.redis_server import RedisServer
+from worker.demo.stack import LocalStack
 from worker.settings import Settings
-from worker.stack import LocalStack
 
 OUTAGE_S = 3.0
 #: How long the producer may take to report the broker down (its retries take ~1 s).
@@ -104,7 +102,7 @@ def test_broker_restarted_with_a_queued_sale_then_under_connected_workers(
         notes=(
             f"queued orders survived; submit_order refused with BrokerUnavailable after "
             f"{queued.refused_after_s} s / {idle.refused_after_s} s; workers reconnected. "
-            "Restart while consuming: excluded (in-flight message loss)"
+            "Restart while consuming: scenario 12"
         ),
         producer_refused_after_s=[queued.refused_after_s, idle.refused_after_s],
         broker_drained_s_after_sale=drained_s,

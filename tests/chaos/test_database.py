@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from tests.chaos.figures import OBSERVER, assert_sound, scalar_rows
 from tests.chaos.harness import FlashSale, log_lines
 from tests.chaos.report import Recorder
-from worker.stack import LocalStack
+from worker.demo.stack import LocalStack
 
 KILL_ROUNDS = 4
 KILL_GAP_S = 1.5

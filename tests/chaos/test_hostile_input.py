@@ -37,7 +37,7 @@ from tests.chaos.harness import broker_backlog, wait_until
 from tests.chaos.report import Recorder
 from tests.pg import create_database, drop_database
 from tests.sale import producer, seed_products
-from worker.stack import LocalStack, WorkerProcess
+from worker.demo.stack import LocalStack, WorkerProcess
 
 NO_ORDER_ID = "Rejected a message with no usable order id"
 #: Replaced by a fresh UUID in each example (hypothesis repeats values; a reused id

@@ -1,4 +1,4 @@
-"""Scenario 11: orders taken through the intake record, whatever the broker does.
+"""Scenario 13: orders taken through the intake record, whatever the broker does.
 
 The web app stores each order in its own transaction (``submit_order(...,
 session=...)``) and publishes after the commit; Celery beat runs the relay every
@@ -36,7 +36,7 @@ from tests.chaos.report import Recorder
 from tests.chaos.test_broker import use_aof
 from tests.sale import producer
 from tests.tcp_proxy import TcpProxy
-from worker.stack import LocalStack
+from worker.demo.stack import LocalStack
 
 ORDERS_PER_SALE = 300
 STOCK = stock_for(ORDERS_PER_SALE)
@@ -187,7 +187,7 @@ def test_redis_broker_killed_and_restarted_while_workers_consume(
     orders, publications = relayed(observer, sale.ids)
     alive = all(worker.process.poll() is None for worker in stack.workers)
     reliability.record(
-        "11-intake-broker-killed",
+        "13-intake-broker-killed",
         "Broker (AOF) SIGKILLed and restarted 3 times while workers consume; intake record",
         result,
         notes=(
@@ -227,7 +227,7 @@ def test_the_web_apps_broker_link_down_while_it_submits(
         )
     orders, publications = relayed(observer, sale.ids)
     reliability.record(
-        "11-intake-web-link-down",
+        "13-intake-web-link-down",
         "The web app's broker link refused while it submits; intake record",
         result,
         notes=(
@@ -265,7 +265,7 @@ def test_a_broker_restarted_empty_loses_its_queue_and_the_relay_refills_it(
     )
     orders, publications = relayed(observer, sale.ids)
     reliability.record(
-        "11-intake-queue-lost",
+        "13-intake-queue-lost",
         "Broker without persistence restarted empty with the sale queued; intake record",
         result,
         notes=(

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from tests.chaos.figures import assert_sound
 from tests.chaos.harness import FlashSale, stock_for, vm_rss_kb
 from tests.chaos.report import Recorder
-from worker.stack import LocalStack
+from worker.demo.stack import LocalStack
 
 #: The brief's size; lower it (CHAOS_LOAD_ORDERS=...) for a quick local run.
 LOAD_ORDERS = int(os.environ.get("CHAOS_LOAD_ORDERS", "20000"))

@@ -22,8 +22,8 @@ from tests.chaos.figures import (
 )
 from tests.chaos.harness import FlashSale
 from tests.chaos.report import Recorder
-from worker.redis_server import RedisServer
-from worker.stack import LocalStack
+from worker.demo.redis_server import RedisServer
+from worker.demo.stack import LocalStack
 
 #: "Few" failed orders while one node of three is dead: at most 1% of the sale.
 FEW_FAILED_SHARE = 0.01

@@ -58,8 +58,8 @@ from tests.chaos.links import Links, database_link
 from tests.chaos.report import Recorder
 from tests.chaos.test_stale_holder import product_fence, wake_up_and_settle
 from tests.sale import enqueue, producer
-from worker.redis_server import RedisServer
-from worker.stack import LocalStack, WorkerProcess
+from worker.demo.redis_server import RedisServer
+from worker.demo.stack import LocalStack, WorkerProcess
 
 SCENARIO = "10-partition"
 ORDERS = 200

@@ -25,8 +25,8 @@ from locking import NO_RETRY, NotAcquired, Redlock, ReleaseOutcome
 from tests.chaos.figures import assert_sound
 from tests.chaos.harness import FlashSale
 from tests.chaos.report import Recorder
-from worker.redis_server import RedisServer, free_port
-from worker.stack import LocalStack, StackError
+from worker.demo.redis_server import RedisServer, free_port
+from worker.demo.stack import LocalStack, StackError
 
 SECRET = "s3cret-" + uuid.uuid4().hex[:12]
 ACL_SECRET = "acl-" + uuid.uuid4().hex[:12]

@@ -24,16 +24,14 @@ import pytest
 from sqlalchemy import Engine
 
 from locking import Lease, Redlock
-from tasks.db import session_factory
 from tasks.errors import StaleFence
-from tasks.orders import record_pending
-from tasks.settlement import settle
+from tasks.pg_store import PostgresOrderStore
 from tasks.validation import parse_order
 from tests.chaos.figures import assert_sound, fence_violations, scalar_rows
 from tests.chaos.harness import FlashSale, log_lines, wait_until
 from tests.chaos.report import Recorder
 from tests.sale import enqueue, producer
-from worker.stack import LocalStack
+from worker.demo.stack import LocalStack
 
 STALE_TTL_MS = 500
 #: Scenario 8b: the workers' lease TTL, and how long a pool process stays frozen.
@@ -50,9 +48,19 @@ def product_fence(engine: Engine, sku: str) -> int:
 def wake_up_and_settle(engine: Engine, lease: Lease, payload: dict[str, object]) -> StaleFence:
     """As the stale holder: record its order and settle with its fence; return the refusal."""
     request = parse_order(payload)
-    with pytest.raises(StaleFence) as refused, session_factory(engine).begin() as session:
-        record_pending(session, request)
-        settle(session, skus=request.skus, fence=lease.fence)
+    store = PostgresOrderStore(engine=engine)
+    try:
+        with pytest.raises(StaleFence) as refused:
+            store.settle(
+                request,
+                record=True,
+                fence=lease.fence,
+                lease_token=lease.token,
+                wait_ms=None,
+                budget_ms=None,
+            )
+    finally:
+        store.dispose()
     return refused.value
 
 

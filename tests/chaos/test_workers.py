@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from tests.chaos.figures import assert_sound, scalar_rows
 from tests.chaos.harness import SHORT_LIMITS, FlashSale, broker_backlog, drain, log_lines
 from tests.chaos.report import Recorder
-from worker.stack import LocalStack, WorkerProcess
+from worker.demo.stack import LocalStack, WorkerProcess
 
 POOL_KILLS = 6
 KILL_GAP_S = 0.5

@@ -20,7 +20,7 @@ from tasks.models import Product
 from tasks.validation import TASK_NAME
 from tests.domain import order_row
 from tests.sale import producer, seed_products, wait_until_decided
-from worker.stack import LocalStack
+from worker.demo.stack import LocalStack
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from tasks.validation import MAX_LINES, MAX_QUANTITY
 from tests.domain import movements, order_count, order_row, payload, status, stock
 from tests.e2e.shop import Shop, open_shop
-from worker.stack import LocalStack
+from worker.demo.stack import LocalStack
 
 STOCK = {"A": 100, "B": 100}
 

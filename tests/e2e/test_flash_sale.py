@@ -23,7 +23,7 @@ from tests.sale import (
     seed_products,
     wait_until_decided,
 )
-from worker.stack import LocalStack
+from worker.demo.stack import LocalStack
 
 STOCK = {"HOT-1": 120, "HOT-2": 80, "HOT-3": 50, "WARM": 150}
 #: Extra single-unit orders per SKU beyond its stock: they prove each SKU sells out.

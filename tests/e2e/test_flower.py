@@ -18,10 +18,10 @@ from sqlalchemy import Engine
 
 from tasks.producer import submit_order
 from tests.sale import seed_products, wait_until_decided
-from worker.monitor import basic_auth_header, flower_command, wait_until_answering
-from worker.redis_server import RedisServer, free_port
-from worker.shoppers import web_client
-from worker.stack import LocalStack
+from worker.demo.flower import basic_auth_header, flower_command, wait_until_answering
+from worker.demo.redis_server import RedisServer, free_port
+from worker.demo.shoppers import web_client
+from worker.demo.stack import LocalStack
 
 BROKER_PASSWORD = "broker-pw-5fd2a9"
 LOCK_PASSWORD = "lock-pw-81c7e0"
@@ -120,3 +120,13 @@ def test_flower_shows_worker_and_order_to_authenticated_users_only(
     for page in pages:
         assert BROKER_PASSWORD not in page
         assert LOCK_PASSWORD not in page
+
+    # /metrics and /healthcheck are open by Flower's design (README, "Operations"):
+    # anonymous requests get them, and they show counts per task name and worker,
+    # never an order's kwargs, its customer, its result or a password.
+    status, metrics = _get(f"{base}/metrics", credentials=None)
+    assert status == 200
+    assert "flower_events_total" in metrics and f"{worker.name}@" in metrics
+    for secret in (order_id, "flower-customer", BROKER_PASSWORD, LOCK_PASSWORD, "confirmed"):
+        assert secret not in metrics, secret
+    assert _get(f"{base}/healthcheck", credentials=None) == (200, "OK")

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from tests.domain import cart, movements, order_row, payload, stock
 from tests.e2e.shop import Shop, open_shop
 from tests.sale import check_invariants
-from worker.stack import LocalStack
+from worker.demo.stack import LocalStack
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from tasks.db import session_factory
 from tasks.models import ORDERS, OrderStatus
 from tasks.producer import submit_order
 from tests.sale import check_invariants, producer, random_carts, seed_products, wait_until_decided
-from worker.stack import LocalStack
+from worker.demo.stack import LocalStack
 
 #: A relay round every second; an order is a candidate 3 s after its publication.
 RELAY_ENV = {"INTAKE_RELAY_INTERVAL_S": "1", "INTAKE_REPUBLISH_AFTER_S": "3"}

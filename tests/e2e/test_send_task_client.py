@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from tests.domain import cart, movements, payload, status
 from tests.sale import seed_products, wait_until_decided
-from worker.stack import LocalStack
+from worker.demo.stack import LocalStack
 
 CLIENT = textwrap.dedent(
     """

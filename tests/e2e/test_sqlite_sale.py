@@ -18,7 +18,7 @@ from tests.sale import (
     seed_products,
     wait_until_decided,
 )
-from worker.stack import LocalStack
+from worker.demo.stack import LocalStack
 
 STOCK = {"HOT": 60, "WARM": 80, "COLD": 100}
 

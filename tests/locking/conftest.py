@@ -20,7 +20,7 @@ import redis
 
 from locking import Redlock
 from tests.locking._support import MakeRedlock
-from worker.redis_server import RedisServer, redis_servers
+from worker.demo.redis_server import RedisServer, redis_servers
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from locking import (
     redact_url,
 )
 from tests.locking._support import MakeRedlock
-from worker.redis_server import RedisServer, redis_servers
+from worker.demo.redis_server import RedisServer, redis_servers
 
 SECRET = "s3cret"
 WRONG = "wr0ng-hunter2"

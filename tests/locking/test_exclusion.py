@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from tests.locking import _procs
-from worker.redis_server import RedisServer
+from worker.demo.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 

@@ -29,7 +29,7 @@ from locking import (
     RetryPolicy,
 )
 from tests.locking._support import FOREIGN, MakeRedlock
-from worker.redis_server import RedisServer, free_port, redis_servers
+from worker.demo.redis_server import RedisServer, free_port, redis_servers
 
 
 @contextlib.contextmanager
@@ -106,12 +106,14 @@ def test_two_killed_nodes_raise_quorum_unavailable_in_bounded_time(
 
 
 def test_a_restarted_node_is_used_again(
-    redlock: Redlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
+    make_redlock: MakeRedlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
 ) -> None:
+    redlock = make_redlock(suspect_ms=100)
     redlock.release(redlock.acquire("k", ttl_ms=2000))
     lock_nodes[2].kill()
-    redlock.release(redlock.acquire("k", ttl_ms=2000))
+    redlock.release(redlock.acquire("k", ttl_ms=2000))  # refused: suspected for 100 ms
     lock_nodes[2].start()
+    time.sleep(0.15)
     # Node 0 now refuses: the grant needs nodes 1 and 2, so the restarted node must count.
     clients[0].set("redlock:k", FOREIGN, px=10_000)
     lease = redlock.acquire("k", ttl_ms=2000, retry=NO_RETRY)

@@ -13,7 +13,7 @@ import redis
 
 from locking import Redlock, ReleaseOutcome
 from tests.locking._support import MakeRedlock
-from worker.redis_server import RedisServer
+from worker.demo.redis_server import RedisServer
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),

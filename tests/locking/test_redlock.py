@@ -18,7 +18,7 @@ from locking import (
     RetryPolicy,
 )
 from tests.locking._support import FOREIGN, MakeRedlock
-from worker.redis_server import RedisServer
+from worker.demo.redis_server import RedisServer
 
 SUBSETS = [subset for size in range(4) for subset in itertools.combinations(range(3), size)]
 

@@ -10,7 +10,7 @@ import redis
 
 from locking import Redlock, ReleaseOutcome
 from tests.locking._support import FOREIGN, MakeRedlock
-from worker.redis_server import RedisServer
+from worker.demo.redis_server import RedisServer
 
 
 def test_a_release_wakes_a_waiter_at_once(make_redlock: MakeRedlock) -> None:
@@ -113,3 +113,29 @@ def test_a_node_whose_acl_forbids_wake_ups_still_releases() -> None:
         admin.close()
         redlock.close()
         server.stop()
+
+
+def test_a_release_wakes_a_waiter_on_a_node_the_holder_skipped(
+    make_redlock: MakeRedlock, lock_nodes: list[RedisServer], clients: list[redis.Redis]
+) -> None:
+    """The holder suspects node 0 after one slow reply and takes the lease on nodes 1
+    and 2; the waiter blocks on node 0, which it trusts. The release must wake it."""
+    holder, waiter = make_redlock(), make_redlock()
+    holder.ping()
+    waiter.wait_released("w", timeout_ms=1)  # connects
+    lock_nodes[0].freeze()
+    try:
+        holder.ping()  # node 0 times out: the holder suspects it for a second
+    finally:
+        lock_nodes[0].thaw()
+    lease = holder.acquire("w", ttl_ms=30_000)
+    assert clients[0].get("redlock:w") is None  # skipped
+    releaser = threading.Timer(0.05, holder.release, args=(lease,))
+    started = time.monotonic()
+    releaser.start()
+    try:
+        woken = waiter.wait_released("w", timeout_ms=800)
+    finally:
+        releaser.join()
+    assert woken is True
+    assert time.monotonic() - started < 0.6

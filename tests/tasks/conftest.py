@@ -17,9 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tasks.db import create_db_engine, session_factory
 from tasks.migrate import upgrade
-from tasks.store import OrderStore
+from tasks.store import OrderStore, StoreOptions
 from tasks.validation import OrderRequest
 from tests.domain import record as record_order
+from worker.wiring import build_store
 
 Record = Callable[..., OrderRequest]
 MakeStore = Callable[..., OrderStore]
@@ -52,11 +53,11 @@ def record(sessions: sessionmaker[Session]) -> Record:
 
 @pytest.fixture
 def make_store(engine: Engine) -> Iterator[MakeStore]:
-    """Build `OrderStore` objects on the test's database; their pools are closed after."""
+    """Build the `OrderStore` of the test's database; their pools are closed after."""
     made: list[OrderStore] = []
 
     def make(**options: Any) -> OrderStore:
-        store = OrderStore(engine=engine, **options)
+        store = build_store(engine, StoreOptions(**options))
         made.append(store)
         return store
 

@@ -25,7 +25,7 @@ from tests.domain import cart, order_count, request
 from tests.sale import producer, seed_products
 from tests.tasks.conftest import MakeStore
 from tests.tasks.test_producer import queued
-from worker.redis_server import RedisServer, free_port
+from worker.demo.redis_server import RedisServer, free_port
 
 ITEMS = [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}]
 #: A submit whose publish fails must not hold the web request for long.
@@ -164,7 +164,7 @@ def test_a_worker_adopts_an_accepted_order_without_a_second_row(
     order = request({"A": 2})
     with sessions.begin() as session:
         store_accepted(session, order)
-    state = make_store().record(order)
+    state = make_store().record(order).state
     assert (state.status, state.attempts) == (OrderStatus.PENDING, 1)
     assert order_count(engine) == 1
     with engine.connect() as connection:
@@ -184,8 +184,11 @@ def test_a_worker_places_an_accepted_order_in_one_step(
     order = request({"A": 2})
     with sessions.begin() as session:
         store_accepted(session, order)
-    settled = make_store().settle(order, record=True, fence=None, wait_ms=None, budget_ms=None)
+    settled = make_store().settle(
+        order, record=True, fence=None, lease_token=None, wait_ms=None, budget_ms=None
+    )
     assert (settled.state.status, settled.state.attempts) == (OrderStatus.CONFIRMED, 1)
+    assert [decision.order_id for decision in settled.decisions] == [order.order_id]
 
 
 def test_a_conflicting_delivery_leaves_the_accepted_order_alone(
@@ -208,5 +211,6 @@ def test_failing_an_accepted_order_decides_it(
     order = request({"A": 1})
     with sessions.begin() as session:
         store_accepted(session, order)
-    state = make_store().fail(order, "lock_unavailable")
-    assert (state.status, state.reason) == (OrderStatus.FAILED, "lock_unavailable")
+    step = make_store().end(order, OrderStatus.FAILED, "lock_unavailable")
+    assert (step.state.status, step.state.reason) == (OrderStatus.FAILED, "lock_unavailable")
+    assert len(step.decisions) == 1

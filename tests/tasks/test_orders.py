@@ -1,4 +1,4 @@
-"""`tasks.orders` on PostgreSQL and SQLite: idempotent recording, conflicts, outcomes."""
+"""Order rows on PostgreSQL and SQLite: idempotent recording, conflicts, outcomes."""
 
 from __future__ import annotations
 
@@ -6,14 +6,29 @@ import uuid
 
 import pytest
 from sqlalchemy import Engine
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from tasks.errors import OrderConflict
 from tasks.models import OrderStatus
-from tasks.orders import fail_pending, find_order, record_pending, record_rejected
-from tests.domain import cart, order_row, request, settle_now, stock
+from tasks.orders import OrderState, end_pending, find_order
+from tasks.orders import record_rejected as record_rejected_with
+from tests.domain import cart, order_row, record_pending, request, settle_now, stock
 from tests.sale import seed_products
 from tests.tasks.conftest import Record
+
+
+def record_rejected(
+    session: Session, order_id: uuid.UUID, customer_id: object, reason: str
+) -> OrderState:
+    postgres = session.get_bind().dialect.name == "postgresql"
+    upsert = postgresql.insert if postgres else sqlite.insert
+    return record_rejected_with(session, upsert, order_id, customer_id, reason)[0]
+
+
+def fail_pending(session: Session, order_id: uuid.UUID, reason: str) -> OrderState | None:
+    end_pending(session, order_id, OrderStatus.FAILED, reason)
+    return find_order(session, order_id)
 
 
 def test_a_new_order_is_recorded_pending_with_its_cart(

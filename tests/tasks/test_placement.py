@@ -7,11 +7,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from locking import Redlock, RetryPolicy
-from tasks.errors import OrderConflict, StockUnavailable
+from tasks.errors import OrderConflict, TryLater
 from tasks.models import OrderStatus, Product
 from tasks.orders import OrderState
 from tasks.placement import LockPolicy, OrderPlacer
@@ -19,11 +20,11 @@ from tests.domain import fences, movements, order_row, request, settle_now, stat
 from tests.locks import lock_fences, lock_values
 from tests.sale import seed_products
 from tests.tasks.conftest import MakeStore, Record
-from worker.redis_server import RedisServer
+from worker.demo.redis_server import RedisServer
 
 #: Waits briefly for a contended lock, so that giving up is quick.
 SHORT_WAIT = LockPolicy(
-    handoff_ms=5.0, wait=RetryPolicy(attempts=3, base_delay_ms=1.0, max_delay_ms=2.0)
+    handoff_ms=5.0, retry_in_task=RetryPolicy(attempts=3, base_delay_ms=1.0, max_delay_ms=2.0)
 )
 
 
@@ -36,7 +37,7 @@ def redlock(node_urls: list[str]) -> Iterator[Redlock]:
 
 @pytest.fixture
 def placer(make_store: MakeStore, redlock: Redlock) -> OrderPlacer:
-    return OrderPlacer(store=make_store(), redlock=redlock, policy=SHORT_WAIT)
+    return OrderPlacer(store=make_store(), lock=redlock, policy=SHORT_WAIT)
 
 
 def outcome(state: OrderState) -> tuple[OrderStatus, str | None]:
@@ -104,7 +105,7 @@ def test_without_a_lock_the_database_guard_alone_places_correctly(
     make_store: MakeStore, engine: Engine
 ) -> None:
     seed_products(engine, {"A": 3})
-    placer = OrderPlacer(store=make_store(), redlock=None)
+    placer = OrderPlacer(store=make_store(), lock=None)
     states = [placer.place(request({"A": 2})) for _ in range(2)]
     assert [outcome(s) for s in states] == [
         (OrderStatus.CONFIRMED, None),
@@ -119,7 +120,7 @@ def test_a_foreign_lock_makes_the_order_wait_for_a_later_run(
 ) -> None:
     seed_products(engine, {"A": 5})
     order = request({"A": 1})
-    with redlock.lock("sku:A", ttl_ms=30_000), pytest.raises(StockUnavailable):
+    with redlock.lock("sku:A", ttl_ms=30_000), pytest.raises(TryLater):
         placer.place(order)
     assert status(engine, order.order_id) == "pending"
     assert stock(engine) == {"A": 5}
@@ -140,9 +141,10 @@ def test_an_order_decided_by_the_lock_holder_is_returned_while_waiting(
         settle_now(sessions, ["A"])
 
     patient = LockPolicy(
-        handoff_ms=10.0, wait=RetryPolicy(attempts=200, base_delay_ms=5.0, max_delay_ms=20.0)
+        handoff_ms=10.0,
+        retry_in_task=RetryPolicy(attempts=200, base_delay_ms=5.0, max_delay_ms=20.0),
     )
-    placer = OrderPlacer(store=make_store(), redlock=redlock, policy=patient)
+    placer = OrderPlacer(store=make_store(), lock=redlock, policy=patient)
     holder = threading.Thread(target=holder_settles)
     with redlock.lock("sku:A", ttl_ms=30_000):
         holder.start()
@@ -160,7 +162,7 @@ def test_an_order_refused_at_first_gets_the_lock_handed_over_on_release(
     seed_products(engine, {"A": 5})
     held = redlock.acquire("sku:A", ttl_ms=30_000)
     releaser = threading.Timer(0.2, redlock.release, args=(held,))
-    placer = OrderPlacer(store=make_store(), redlock=redlock, policy=LockPolicy(handoff_ms=5000.0))
+    placer = OrderPlacer(store=make_store(), lock=redlock, policy=LockPolicy(handoff_ms=5000.0))
     order = request({"A": 1})
     releaser.start()
     try:
@@ -183,7 +185,7 @@ def test_a_stale_fence_aborts_then_the_counters_catch_up_with_the_stock(
     with engine.begin() as connection:
         connection.execute(update(Product).values(fence=1000))
     order = request({"A": 1})
-    with pytest.raises(StockUnavailable, match="newer lease"):
+    with pytest.raises(TryLater, match="newer lease"):
         placer.place(order)
     assert status(engine, order.order_id) != "confirmed"
     assert (stock(engine), movements(engine)) == ({"A": 5}, [])
@@ -201,7 +203,7 @@ def test_without_a_quorum_of_lock_nodes_nothing_moves_until_they_are_back(
     for node in lock_nodes[:2]:
         node.stop()
     order = request({"A": 1})
-    with pytest.raises(StockUnavailable, match="no quorum"):
+    with pytest.raises(TryLater, match="no quorum"):
         placer.place(order)
     assert status(engine, order.order_id) != "confirmed"
     assert stock(engine) == {"A": 5}
@@ -216,7 +218,7 @@ def test_an_order_delivered_too_often_is_failed_as_poison(
 ) -> None:
     seed_products(engine, {"A": 5})
     order = record({"A": 1})
-    placer = OrderPlacer(store=make_store(max_deliveries=1), redlock=redlock)
+    placer = OrderPlacer(store=make_store(max_deliveries=1), lock=redlock)
     assert outcome(placer.place(order)) == (OrderStatus.FAILED, "too_many_attempts")
     assert stock(engine) == {"A": 5}
 
@@ -228,7 +230,7 @@ def test_an_order_that_cannot_reach_a_lock_quorum_is_recorded_then_failed(
     lock_nodes[0].kill()
     lock_nodes[1].kill()
     order = request({"A": 1})
-    with pytest.raises(StockUnavailable):
+    with pytest.raises(TryLater):
         placer.place(order)
     # The retry (and the operator) must find the order, not lose it.
     assert status(engine, order.order_id) == "pending"
@@ -244,3 +246,72 @@ def test_failing_a_decided_order_keeps_its_decision(placer: OrderPlacer, engine:
     order = request({"A": 1})
     placer.place(order)
     assert outcome(placer.fail(order, "lock_unavailable")) == (OrderStatus.CONFIRMED, None)
+
+
+def test_a_second_lease_with_the_same_fence_is_refused_then_the_counters_catch_up(
+    placer: OrderPlacer, engine: Engine, lock_nodes: list[RedisServer]
+) -> None:
+    # Lock nodes that lost their counters issue a fence again, to another lease.
+    # The guard used to accept it (fence <= :fence): failed before migration 0004.
+    seed_products(engine, {"A": 5})
+    first = request({"A": 1})
+    assert outcome(placer.place(first)) == (OrderStatus.CONFIRMED, None)
+    assert fences(engine) == {"A": 1}
+    for node in lock_nodes:
+        with redis.Redis(port=node.port) as client:
+            client.delete("redlock-fence:sku:A")
+    second = request({"A": 1})
+    with pytest.raises(TryLater, match="stale_fence"):
+        placer.place(second)  # fence 1 again, from a different lease
+    assert status(engine, second.order_id) == "pending"
+    assert (stock(engine), movements(engine)) == ({"A": 4}, [("A", -1)])
+    assert lock_fences(lock_nodes, "A") == [1] * 3
+    assert outcome(placer.place(second)) == (OrderStatus.CONFIRMED, None)
+    assert (stock(engine), fences(engine)) == ({"A": 3}, {"A": 2})
+
+
+def lasting_keys(nodes: list[RedisServer]) -> list[list[bytes]]:
+    """The keys without a TTL on each lock node, sorted (wake-ups expire on their own)."""
+    keys = []
+    for node in nodes:
+        with redis.Redis(port=node.port) as client:
+            keys.append(sorted(key for key in client.keys("*") if client.pttl(key) == -1))
+    return keys
+
+
+def test_orders_for_unknown_skus_leave_nothing_on_the_lock_nodes(
+    placer: OrderPlacer, engine: Engine, lock_nodes: list[RedisServer]
+) -> None:
+    # Each used to leave a TTL-less fence counter per SKU on every node, forever.
+    seed_products(engine, {"A": 5})
+    orders = [request({f"NOPE-{n}": 1}) for n in range(20)] + [request({"A": 1, "GHOST": 1})]
+    for order in orders:
+        assert outcome(placer.place(order)) == (OrderStatus.REJECTED, "unknown_sku")
+    assert lasting_keys(lock_nodes) == [[]] * 3
+    assert stock(engine) == {"A": 5}
+    assert outcome(placer.place(request({"A": 1}))) == (OrderStatus.CONFIRMED, None)
+    assert lasting_keys(lock_nodes) == [[b"redlock-fence:sku:A"]] * 3
+
+
+def test_a_known_sku_is_looked_up_once(
+    make_store: MakeStore, redlock: Redlock, engine: Engine
+) -> None:
+    seed_products(engine, {"A": 5})
+    store = make_store()
+    lookups: list[list[str]] = []
+
+    class CountingStore:
+        def __getattr__(self, name: str) -> object:
+            return getattr(store, name)
+
+        def known_skus(self, skus: list[str]) -> frozenset[str]:
+            lookups.append(list(skus))
+            return store.known_skus(skus)
+
+    placer = OrderPlacer(store=CountingStore(), lock=redlock)  # type: ignore[arg-type]
+    for _ in range(3):
+        placer.place(request({"A": 1}))
+    placer.place(request({"NOPE": 1}))
+    placer.place(request({"NOPE": 1}))
+    assert lookups == [["A"], ["NOPE"], ["NOPE"]]
+    assert stock(engine) == {"A": 2}

@@ -15,12 +15,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tasks.errors import BrokerUnavailable, InvalidOrder
 from tasks.models import OrderStatus
-from tasks.orders import record_pending
 from tasks.producer import get_order, submit_order
 from tasks.validation import TASK_NAME
-from tests.domain import request
+from tests.domain import record_pending, request
 from tests.sale import producer
-from worker.redis_server import RedisServer, free_port
+from worker.demo.redis_server import RedisServer, free_port
 
 
 @pytest.fixture

@@ -164,7 +164,7 @@ def test_a_decided_order_is_never_published(
     order = request({"A": 1})
     with sessions.begin() as session:
         store_accepted(session, order)
-    make_store().fail(order, "lock_unavailable")
+    make_store().end(order, OrderStatus.FAILED, "lock_unavailable")
     broker = Broker(queued=0)
     relay(engine, broker).run_once()
     unpublish(engine, str(order.order_id))

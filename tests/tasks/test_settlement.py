@@ -1,4 +1,4 @@
-"""`tasks.settlement.settle` on PostgreSQL (its PL/pgSQL function) and SQLite (Python).
+"""The settlement rules: ``flashsale_settle`` on PostgreSQL, `tasks.settlement.settle` on SQLite.
 
 FIFO, all-or-nothing per order, only orders inside the locked SKUs, the fence
 guard, and an abort in ``before_commit`` rolling everything back.
@@ -16,15 +16,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tasks.errors import StaleFence
 from tasks.models import OrderStatus, Product
-from tasks.settlement import Settlement
+from tasks.store import token_digest
 from tasks.validation import OrderRequest
-from tests.domain import fences, movements, order_row, settle_now, stock
+from tests.domain import Decided, fences, movements, order_row, settle_now, stock
 from tests.sale import seed_products
 from tests.tasks.conftest import Record
 
 
 @pytest.fixture
-def run_settle(sessions: sessionmaker[Session]) -> Callable[..., Settlement]:
+def run_settle(sessions: sessionmaker[Session]) -> Callable[..., Decided]:
     """Settle in one committed transaction: ``run_settle(["A"], fence=3)``."""
     return partial(settle_now, sessions)
 
@@ -34,9 +34,14 @@ def outcomes(engine: Engine, orders: Sequence[OrderRequest]) -> list[tuple[str, 
     return [(row.status, row.reason) if row else ("missing", None) for row in rows]
 
 
-def set_fence(engine: Engine, sku: str, fence: int) -> None:
+def set_fence(engine: Engine, sku: str, fence: int, token: str = "another-lease") -> None:
+    """Write ``fence`` on the product as the lease ``token`` would have."""
     with engine.begin() as connection:
-        connection.execute(update(Product).where(Product.sku == sku).values(fence=fence))
+        connection.execute(
+            update(Product)
+            .where(Product.sku == sku)
+            .values(fence=fence, fence_token=token_digest(token))
+        )
 
 
 CONFIRMED = ("confirmed", None)
@@ -51,7 +56,7 @@ POSTGRESQL_ONLY = pytest.mark.parametrize("engine", ["postgresql"], indirect=Tru
 
 @POSTGRESQL_ONLY
 def test_orders_are_decided_first_in_first_out(
-    engine: Engine, record: Record, run_settle: Callable[..., Settlement]
+    engine: Engine, record: Record, run_settle: Callable[..., Decided]
 ) -> None:
     seed_products(engine, {"A": 5})
     # Ids in descending order, so that an id order would be the reverse of FIFO.
@@ -63,11 +68,11 @@ def test_orders_are_decided_first_in_first_out(
 
 
 def test_settle_reports_what_it_decided(
-    engine: Engine, record: Record, run_settle: Callable[..., Settlement]
+    engine: Engine, record: Record, run_settle: Callable[..., Decided]
 ) -> None:
     seed_products(engine, {"A": 1, "B": 0})
     fits, too_big = record({"A": 1}), record({"B": 1})
-    decided = run_settle(["A", "B"]).decided
+    decided = run_settle(["A", "B"])
     assert decided == {
         fits.order_id: (OrderStatus.CONFIRMED, None),
         too_big.order_id: (OrderStatus.REJECTED, "insufficient_stock"),
@@ -75,7 +80,7 @@ def test_settle_reports_what_it_decided(
 
 
 def test_a_multi_line_order_is_all_or_nothing(
-    engine: Engine, record: Record, run_settle: Callable[..., Settlement]
+    engine: Engine, record: Record, run_settle: Callable[..., Decided]
 ) -> None:
     seed_products(engine, {"A": 5, "B": 1})
     too_big, fits = record({"A": 2, "B": 2}), record({"A": 2, "B": 1})
@@ -87,7 +92,7 @@ def test_a_multi_line_order_is_all_or_nothing(
 
 
 def test_an_order_with_an_unknown_sku_is_rejected_and_moves_nothing(
-    engine: Engine, record: Record, run_settle: Callable[..., Settlement]
+    engine: Engine, record: Record, run_settle: Callable[..., Decided]
 ) -> None:
     seed_products(engine, {"A": 5})
     unknown = record({"A": 1, "GHOST": 1})
@@ -98,7 +103,7 @@ def test_an_order_with_an_unknown_sku_is_rejected_and_moves_nothing(
 
 
 def test_only_orders_whose_skus_are_all_locked_are_settled(
-    engine: Engine, record: Record, run_settle: Callable[..., Settlement]
+    engine: Engine, record: Record, run_settle: Callable[..., Decided]
 ) -> None:
     seed_products(engine, {"A": 5, "B": 5})
     inside, straddling, outside = record({"A": 1}), record({"A": 1, "B": 1}), record({"B": 1})
@@ -111,7 +116,7 @@ def test_only_orders_whose_skus_are_all_locked_are_settled(
 
 @POSTGRESQL_ONLY
 def test_a_settlement_is_limited_to_the_oldest_orders(
-    engine: Engine, record: Record, run_settle: Callable[..., Settlement]
+    engine: Engine, record: Record, run_settle: Callable[..., Decided]
 ) -> None:
     seed_products(engine, {"A": 9})
     orders = [record({"A": 1}) for _ in range(3)]
@@ -120,15 +125,15 @@ def test_a_settlement_is_limited_to_the_oldest_orders(
 
 
 def test_nothing_pending_means_nothing_written(
-    engine: Engine, run_settle: Callable[..., Settlement]
+    engine: Engine, run_settle: Callable[..., Decided]
 ) -> None:
     seed_products(engine, {"A": 3})
-    assert run_settle(["A"], fence=4).decided == {}
+    assert run_settle(["A"], fence=4) == {}
     assert (stock(engine), fences(engine)) == ({"A": 3}, {"A": 0})
 
 
 def test_confirmed_movements_and_the_product_carry_the_fence(
-    engine: Engine, record: Record, run_settle: Callable[..., Settlement]
+    engine: Engine, record: Record, run_settle: Callable[..., Decided]
 ) -> None:
     seed_products(engine, {"A": 3, "B": 3})
     record({"A": 1})
@@ -140,18 +145,18 @@ def test_confirmed_movements_and_the_product_carry_the_fence(
 
 
 def test_the_own_order_gets_its_lock_wait_recorded(
-    engine: Engine, record: Record, run_settle: Callable[..., Settlement]
+    engine: Engine, record: Record, run_settle: Callable[..., Decided]
 ) -> None:
     seed_products(engine, {"A": 3})
     own, other = record({"A": 1}), record({"A": 1})
-    run_settle(["A"], own_order=(own.order_id, 12.5))
+    run_settle(["A"], own_order_id=own.order_id, own_lock_wait_ms=12.5)
     own_row, other_row = order_row(engine, own.order_id), order_row(engine, other.order_id)
     assert own_row is not None and other_row is not None
     assert (own_row.lock_wait_ms, other_row.lock_wait_ms) == (12.5, None)
 
 
 def test_a_product_with_a_newer_fence_makes_settle_raise_and_change_nothing(
-    engine: Engine, record: Record, run_settle: Callable[..., Settlement]
+    engine: Engine, record: Record, run_settle: Callable[..., Decided]
 ) -> None:
     seed_products(engine, {"A": 3})
     set_fence(engine, "A", 10)
@@ -163,18 +168,33 @@ def test_a_product_with_a_newer_fence_makes_settle_raise_and_change_nothing(
     assert (stock(engine), fences(engine), movements(engine)) == ({"A": 3}, {"A": 10}, [])
 
 
-def test_the_same_fence_as_the_product_may_write(
-    engine: Engine, record: Record, run_settle: Callable[..., Settlement]
+def test_the_lease_that_wrote_a_fence_may_write_again_with_it(
+    engine: Engine, record: Record, run_settle: Callable[..., Decided]
 ) -> None:
     seed_products(engine, {"A": 3})
-    set_fence(engine, "A", 10)
+    set_fence(engine, "A", 10, token="holder")
     order = record({"A": 1})
-    run_settle(["A"], fence=10)
+    run_settle(["A"], fence=10, token="holder")
     assert outcomes(engine, [order]) == [CONFIRMED]
 
 
+def test_another_lease_with_the_same_fence_is_refused(
+    engine: Engine, record: Record, run_settle: Callable[..., Decided]
+) -> None:
+    # Two leases can carry one fence when a lock node lost its counters; the
+    # guard used to accept both (fence <= :fence). Failed before migration 0004.
+    seed_products(engine, {"A": 3})
+    first = record({"A": 1})
+    run_settle(["A"], fence=10, token="first-holder")
+    second = record({"A": 1})
+    with pytest.raises(StaleFence):
+        run_settle(["A"], fence=10, token="second-holder")
+    assert outcomes(engine, [first, second]) == [CONFIRMED, PENDING]
+    assert (stock(engine), fences(engine)) == ({"A": 2}, {"A": 10})
+
+
 def test_a_lower_fence_after_a_higher_one_fails(
-    engine: Engine, record: Record, run_settle: Callable[..., Settlement]
+    engine: Engine, record: Record, run_settle: Callable[..., Decided]
 ) -> None:
     seed_products(engine, {"A": 3})
     record({"A": 1})
@@ -187,7 +207,7 @@ def test_a_lower_fence_after_a_higher_one_fails(
 
 
 def test_a_failing_before_commit_rolls_everything_back(
-    engine: Engine, record: Record, run_settle: Callable[..., Settlement]
+    engine: Engine, record: Record, run_settle: Callable[..., Decided]
 ) -> None:
     seed_products(engine, {"A": 3, "B": 3})
     orders = [record({"A": 1}), record({"A": 1, "B": 1}), record({"A": 9})]

@@ -1,4 +1,8 @@
-"""`tasks.store.OrderStore` on PostgreSQL (one autocommitted statement per step) and SQLite."""
+"""The real stores on their databases: what each step leaves in the tables.
+
+PostgreSQL (one autocommitted statement per step) and SQLite; the behaviour
+shared with the in-memory fake is in test_store_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +33,10 @@ def test_one_step_records_and_settles_the_order_and_those_waiting(
     seed_products(engine, {"A": 2})
     waiting = record({"A": 1})
     order = request({"A": 1})
-    settled = store.settle(order, record=True, fence=4, wait_ms=1.5, budget_ms=5000.0)
-    assert (outcome(settled.state), settled.decided) == ((OrderStatus.CONFIRMED, None), 2)
+    settled = store.settle(
+        order, record=True, fence=4, lease_token="lease", wait_ms=1.5, budget_ms=5000.0
+    )
+    assert (outcome(settled.state), len(settled.decisions)) == ((OrderStatus.CONFIRMED, None), 2)
     assert settled.state.attempts == 1
     row, other = order_row(engine, order.order_id), order_row(engine, waiting.order_id)
     assert row is not None and other is not None
@@ -43,7 +49,9 @@ def test_a_settle_step_without_recording_decides_an_order_recorded_before(
 ) -> None:
     seed_products(engine, {"A": 1})
     first, second = record({"A": 1}), record({"A": 1})
-    settled = store.settle(second, record=False, fence=None, wait_ms=None, budget_ms=None)
+    settled = store.settle(
+        second, record=False, fence=None, lease_token="lease", wait_ms=None, budget_ms=None
+    )
     assert outcome(settled.state) == (OrderStatus.REJECTED, "insufficient_stock")
     assert outcome(store.state(first.order_id)) == (OrderStatus.CONFIRMED, None)
     row = order_row(engine, second.order_id)
@@ -56,7 +64,7 @@ def test_a_step_over_its_budget_commits_nothing(store: OrderStore, engine: Engin
     order = request({"A": 1})
     with pytest.raises(OverBudget):
         # No time to spare at all: the check before the commit must refuse.
-        store.settle(order, record=True, fence=1, wait_ms=0.0, budget_ms=0.0)
+        store.settle(order, record=True, fence=1, lease_token="lease", wait_ms=0.0, budget_ms=0.0)
     assert order_row(engine, order.order_id) is None
     assert (stock(engine), fences(engine), movements(engine)) == ({"A": 2}, {"A": 0}, [])
 
@@ -67,7 +75,9 @@ def test_a_stale_fence_commits_nothing(store: OrderStore, engine: Engine) -> Non
         connection.execute(update(Product).values(fence=9))
     order = request({"A": 1})
     with pytest.raises(StaleFence):
-        store.settle(order, record=True, fence=8, wait_ms=0.0, budget_ms=5000.0)
+        store.settle(
+            order, record=True, fence=8, lease_token="lease", wait_ms=0.0, budget_ms=5000.0
+        )
     assert order_row(engine, order.order_id) is None
     assert (stock(engine), movements(engine)) == ({"A": 2}, [])
 
@@ -77,9 +87,11 @@ def test_a_replayed_order_keeps_its_decision_and_counts_the_delivery(
 ) -> None:
     seed_products(engine, {"A": 2})
     order = request({"A": 1})
-    store.settle(order, record=True, fence=None, wait_ms=None, budget_ms=None)
-    again = store.settle(order, record=True, fence=None, wait_ms=None, budget_ms=None)
-    assert (outcome(again.state), again.state.attempts, again.decided) == (
+    store.settle(order, record=True, fence=None, lease_token="lease", wait_ms=None, budget_ms=None)
+    again = store.settle(
+        order, record=True, fence=None, lease_token="lease", wait_ms=None, budget_ms=None
+    )
+    assert (outcome(again.state), again.state.attempts, len(again.decisions)) == (
         (OrderStatus.CONFIRMED, None),
         2,
         0,
@@ -90,10 +102,12 @@ def test_a_replayed_order_keeps_its_decision_and_counts_the_delivery(
 def test_a_reused_id_with_another_cart_is_a_conflict(store: OrderStore, engine: Engine) -> None:
     seed_products(engine, {"A": 2, "B": 2})
     order = request({"A": 1})
-    store.settle(order, record=True, fence=None, wait_ms=None, budget_ms=None)
+    store.settle(order, record=True, fence=None, lease_token="lease", wait_ms=None, budget_ms=None)
     other = request({"B": 1}, order_id=str(order.order_id))
     with pytest.raises(OrderConflict):
-        store.settle(other, record=True, fence=None, wait_ms=None, budget_ms=None)
+        store.settle(
+            other, record=True, fence=None, lease_token="lease", wait_ms=None, budget_ms=None
+        )
     with pytest.raises(OrderConflict):
         store.record(other)
     assert stock(engine) == {"A": 1, "B": 2}
@@ -107,9 +121,11 @@ def test_an_order_delivered_too_often_fails_in_either_step(
     seed_products(engine, {"A": 2})
     held, settled = request({"A": 1}), request({"A": 1})
     for _ in range(3):  # max_deliveries=3: the fourth delivery is one too many
-        assert store.record(held).status is OrderStatus.PENDING
-        assert store.record(settled).status is OrderStatus.PENDING
-    assert outcome(store.record(held)) == (OrderStatus.FAILED, "too_many_attempts")
-    fourth = store.settle(settled, record=True, fence=None, wait_ms=None, budget_ms=None)
+        assert store.record(held).state.status is OrderStatus.PENDING
+        assert store.record(settled).state.status is OrderStatus.PENDING
+    assert outcome(store.record(held).state) == (OrderStatus.FAILED, "too_many_attempts")
+    fourth = store.settle(
+        settled, record=True, fence=None, lease_token="lease", wait_ms=None, budget_ms=None
+    )
     assert outcome(fourth.state) == (OrderStatus.FAILED, "too_many_attempts")
     assert stock(engine) == {"A": 2}

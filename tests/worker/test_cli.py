@@ -16,8 +16,8 @@ from tasks.db import session_factory
 from tasks.models import Product, StockMovement
 from tests.domain import TABLES, head_revision, record, schema, settle_now
 from tests.sale import wait_until_decided
-from worker.redis_server import RedisServer, free_port
-from worker.stack import LocalStack
+from worker.demo.redis_server import RedisServer, free_port
+from worker.demo.stack import LocalStack
 
 FLASHSALE = str(Path(sys.executable).with_name("flashsale"))
 
@@ -138,11 +138,42 @@ def test_submit_to_an_unreachable_broker_exits_2() -> None:
 
 
 def test_check_accepts_three_lock_nodes_and_refuses_two(
-    broker: RedisServer, node_urls: list[str]
+    broker: RedisServer, node_urls: list[str], database_url: str
 ) -> None:
-    env = {"CELERY_BROKER_URL": broker.url, "REDLOCK_NODES": ",".join(node_urls)}
+    env = {
+        "CELERY_BROKER_URL": broker.url,
+        "REDLOCK_NODES": ",".join(node_urls),
+        "DATABASE_URL": database_url,
+    }
     ok = flashsale("check", env=env)
     assert (ok.returncode, ok.stdout.strip()) == (0, "configuration OK")
     two = flashsale("check", env={**env, "REDLOCK_NODES": ",".join(node_urls[:2])})
     assert two.returncode == 1
     assert "problem: REDLOCK_NODES has 2 node(s)" in two.stderr
+
+
+IMPORTS_AFTER_DB_UPGRADE = """
+import sys
+from worker.cli import main
+status = main(["db", "upgrade"])
+print(status, sorted(m for m in sys.modules if m.startswith("worker.demo")))
+"""
+
+
+def test_db_upgrade_does_not_load_the_demo(tmp_path: Path) -> None:
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'release.sqlite3'}"}
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTS_AFTER_DB_UPGRADE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0 []"
+
+
+def test_demo_help_still_lists_the_demo_options() -> None:
+    done = flashsale("demo", "--help", env={})
+    assert done.returncode == 0, done.stderr
+    assert "--orders" in done.stdout

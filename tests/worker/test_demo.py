@@ -24,10 +24,10 @@ import pytest
 
 from tasks.db import create_db_engine, session_factory
 from tasks.models import Product
-from worker.audit import percentile
-from worker.monitor import http_status
-from worker.progress import ProgressBar
-from worker.summary import RunInfo, Summary
+from worker.demo.flower import http_status
+from worker.demo.progress import ProgressBar
+from worker.demo.stats import percentile
+from worker.demo.summary import RunInfo, Summary
 
 FLASHSALE = str(Path(sys.executable).with_name("flashsale"))
 MARKER = "FLASHSALE_DEMO_TEST_MARKER"
@@ -358,7 +358,7 @@ def test_progress_bar_writes_a_few_lines_when_not_on_a_terminal() -> None:
 
 SHIELD_PROBE = """
 import os, signal
-from worker import interrupts
+from worker.demo import interrupts
 interrupts.install()
 recorded = []
 try:

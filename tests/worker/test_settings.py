@@ -143,7 +143,70 @@ def test_a_visibility_timeout_not_above_a_task_and_its_backoff_is_a_problem(
         ({"redlock_ttl_ms": 100}, "REDLOCK_TTL_MS must be above 100 ms"),
         ({"redlock_handoff_ms": -1.0}, "REDLOCK_HANDOFF_MS must be >= 0"),
         ({"redlock_handoff_ms": 60_000.0}, "REDLOCK_HANDOFF_MS must be >= 0"),
+        ({"worker_metrics_port": 70_000}, "WORKER_METRICS_PORT must be a TCP port"),
+        ({"log_format": "xml"}, "LOG_FORMAT must be one of"),
     ],
 )
 def test_other_unsafe_values_are_problems(changes: dict[str, object], message: str) -> None:
+    assert message in problem_text(safe(**changes))
+
+
+def test_metrics_are_off_unless_a_port_is_set() -> None:
+    assert not Settings.from_env({}).metrics_enabled
+    assert not Settings.from_env({"WORKER_METRICS_PORT": "0"}).metrics_enabled
+    settings = Settings.from_env({"WORKER_METRICS_PORT": "9808", "LOG_FORMAT": "json"})
+    assert (settings.metrics_enabled, settings.log_format) == (True, "json")
+
+
+AMQP = "amqp://guest:guest@127.0.0.1:5672/sale"
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        (BROKER, "redis"),
+        ("rediss://:pw@broker:6380/0", "redis"),
+        (AMQP, "amqp"),
+        ("pyamqp://broker//", "amqp"),
+        ("amqps://broker:5671/sale", "amqp"),
+        ("sqs://", "sqs"),
+    ],
+)
+def test_the_broker_kind_comes_from_the_url_scheme(url: str, kind: str) -> None:
+    assert safe(broker_url=url).broker_kind == kind
+
+
+def test_a_rabbitmq_broker_needs_no_visibility_timeout() -> None:
+    # RabbitMQ gives an unacked message back when the consumer's connection closes.
+    assert safe(broker_url=AMQP, broker_visibility_timeout_s=1.0).worker_problems() == []
+    assert "BROKER_VISIBILITY_TIMEOUT_S" in problem_text(safe(broker_visibility_timeout_s=1.0))
+
+
+@pytest.mark.parametrize(
+    ("broker", "node"),
+    [
+        (AMQP, "redis://127.0.0.1:5672"),
+        ("amqp://guest:guest@localhost//", "redis://127.0.0.1:5672/0"),
+        ("amqps://rabbit.internal/sale", "rediss://rabbit.internal:5671"),
+    ],
+)
+def test_a_lock_node_at_the_rabbitmq_broker_address_is_a_problem(broker: str, node: str) -> None:
+    settings = safe(broker_url=broker, redlock_nodes=(*NODES[:2], node))
+    assert "is the Celery broker's RabbitMQ server" in problem_text(settings)
+
+
+def test_quorum_queues_need_rabbitmq() -> None:
+    assert safe(broker_url=AMQP, broker_quorum_queues=True).worker_problems() == []
+    assert "BROKER_QUORUM_QUEUES" in problem_text(safe(broker_quorum_queues=True))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"broker_url": "sqs://"}, "must be a redis:// or amqp:// URL"),
+        ({"broker_reconnect_interval_s": 0.0}, "BROKER_RECONNECT_INTERVAL_S"),
+        ({"broker_reconnect_interval_s": 61.0}, "BROKER_RECONNECT_INTERVAL_S"),
+    ],
+)
+def test_unsupported_broker_settings_are_problems(changes: dict[str, object], message: str) -> None:
     assert message in problem_text(safe(**changes))

@@ -20,10 +20,10 @@ from sqlalchemy import Engine
 from tasks.db import create_db_engine
 from tests.domain import payload, status, stock
 from tests.sale import enqueue, producer, seed_products, wait_until_decided
-from worker.redis_server import RedisServer, redis_servers
+from worker.demo.redis_server import RedisServer, redis_servers
+from worker.demo.stack import LocalStack
 from worker.settings import Settings
 from worker.signals import startup_problems
-from worker.stack import LocalStack
 
 RIGHT_PASSWORD = "right-pw-5hX2"
 WRONG_PASSWORD = "wrong-pw-Q7zK"

@@ -6,16 +6,17 @@ A web app stores an order with status ``accepted`` in its own transaction
 never, or that publish failed), ``orders.delivered_at`` when a worker last took a
 delivery of it, ``orders.republications`` how often the relay published it.
 
-``flashsale_record`` is replaced so that a worker's first delivery turns an
-``accepted`` row into ``pending`` (same payload rules, no second row, its lines
-kept) and stamps ``delivered_at``; still one statement.
+``flashsale_record`` (living source: ``tasks/sql/record.sql``) is replaced so
+that a worker's first delivery turns an ``accepted`` row into ``pending`` (same
+payload rules, no second row, its lines kept) and stamps ``delivered_at``; still
+one statement.
 
 Downgrading turns ``accepted`` orders into ``pending`` ones (older code has no
 relay: their messages must be resent) and leaves the enum value in place
 (PostgreSQL cannot drop one).
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-01
 """
 
@@ -26,43 +27,13 @@ import importlib
 import sqlalchemy as sa
 from alembic import op
 
+from tasks import sql
+
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-RECORD = """
-CREATE OR REPLACE FUNCTION flashsale_record(
-    p_id uuid, p_customer text, p_hash text, p_skus text[], p_quantities integer[]
-) RETURNS TABLE (status order_status, reason text, payload_hash text, attempts integer)
-LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-BEGIN
-    RETURN QUERY
-    INSERT INTO orders AS o (id, customer_id, status, payload_hash, attempts)
-    VALUES (p_id, p_customer, 'pending', p_hash, 1)
-    ON CONFLICT (id) DO UPDATE SET attempts = o.attempts + 1, delivered_at = now(),
-        -- An order from the intake record: its first delivery makes it the worker's.
-        status = CASE WHEN o.status = 'accepted' THEN 'pending'::order_status
-                      ELSE o.status END
-        WHERE o.payload_hash = p_hash
-    RETURNING o.status, o.reason, o.payload_hash::text, o.attempts;
-    IF NOT FOUND THEN
-        -- The id is taken by another payload: report it, change nothing.
-        RETURN QUERY SELECT o.status, o.reason, o.payload_hash::text, o.attempts
-            FROM orders o WHERE o.id = p_id;
-        RETURN;
-    END IF;
-    -- Lines are written with the first delivery only (or by the intake record);
-    -- a replay never touches them.
-    IF NOT EXISTS (SELECT 1 FROM order_items WHERE order_id = p_id) THEN
-        INSERT INTO order_items (order_id, sku, quantity)
-        SELECT p_id, line.sku, line.quantity
-        FROM unnest(p_skus, p_quantities) AS line(sku, quantity);
-    END IF;
-END;
-$$;
-"""
 
 COLUMNS = (
     ("published_at", lambda: sa.Column("published_at", sa.DateTime(timezone=True))),
@@ -88,7 +59,7 @@ def upgrade() -> None:
         for _, column in COLUMNS:
             batch.add_column(column())
     if postgresql:
-        op.execute(RECORD)
+        op.execute(sql.source("flashsale_record"))
 
 
 def downgrade() -> None:
@@ -98,5 +69,6 @@ def downgrade() -> None:
         for name, _ in COLUMNS:
             batch.drop_column(name)
     if postgresql:
+        # Revision 0004 deployed the same flashsale_record as 0003: restore that one.
         previous = importlib.import_module("tasks.migrations.versions.0003_place_function")
         op.execute(previous.RECORD)

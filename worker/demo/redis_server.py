@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from locking.protocol import encode_command
+
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "install it with: apt-get install redis-server (Debian/Ubuntu) or brew install redis"
@@ -151,11 +153,8 @@ class RedisServer:
 def _answers_ping(port: int, password: str | None) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            auth = b""
-            if password:
-                encoded = password.encode()
-                auth = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%b\r\n" % (len(encoded), encoded)
-            sock.sendall(auth + b"*1\r\n$4\r\nPING\r\n")
+            auth = encode_command(["AUTH", password]) if password else b""
+            sock.sendall(auth + encode_command(["PING"]))
             reply = b""
             while b"PONG" not in reply and len(reply) < 200:
                 chunk = sock.recv(200)

@@ -5,7 +5,7 @@ ports (never the configured ones), real ``celery -A worker worker`` processes an
 with ``--flower``, Flower; it seeds products, fires orders from several producer
 threads through ``submit_order``, draws progress on stderr and prints a summary
 (a table, or one JSON object with ``--json``). The database is a fresh SQLite
-file, unless DATABASE_URL is PostgreSQL (see `worker.demo_database`). Every child
+file, unless DATABASE_URL is PostgreSQL (see `worker.demo.database`). Every child
 is stopped on exit, on error and on Ctrl-C. Exit status: 0 when every invariant
 held, 1 when one broke, 3 when the local stack could not run, 130 on Ctrl-C.
 """
@@ -25,17 +25,17 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from tasks.models import OPEN
-from worker import interrupts
-from worker.audit import SaleScope, audit_sale, status_counts
-from worker.demo_database import DemoDatabase
-from worker.demo_options import declare_options
-from worker.monitor import Flower, start_flower
-from worker.progress import ProgressBar
-from worker.redis_server import RedisServerError, redis_server_binary
+from worker.demo import interrupts
+from worker.demo.audit import SaleScope, audit_sale, status_counts
+from worker.demo.database import DemoDatabase
+from worker.demo.flower import Flower, start_flower
+from worker.demo.options import declare_options
+from worker.demo.progress import ProgressBar
+from worker.demo.redis_server import RedisServerError, redis_server_binary
+from worker.demo.shoppers import Shoppers, make_carts, web_client
+from worker.demo.stack import LocalStack, StackError
+from worker.demo.summary import RunInfo, Summary, build_summary
 from worker.settings import Settings
-from worker.shoppers import Shoppers, make_carts, web_client
-from worker.stack import LocalStack, StackError
-from worker.summary import RunInfo, Summary, build_summary
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.audit import Audit, percentile
+from worker.demo.audit import Audit
+from worker.demo.stats import percentile
 
 
 @dataclass(frozen=True, kw_only=True)

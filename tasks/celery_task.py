@@ -17,12 +17,14 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from tasks import runtime
-from tasks.errors import DatabaseUnavailable, InvalidOrder, OrderConflict, StockUnavailable
+from tasks.errors import DatabaseUnavailable, InvalidOrder, OrderConflict, TryLater
 from tasks.models import OrderStatus
-from tasks.orders import OrderState, record_rejected
+from tasks.orders import OrderState
 from tasks.validation import TASK_NAME, OrderRequest, order_id_or_none, parse_order
 
 logger = logging.getLogger(__name__)
+
+_rng = random.Random()
 
 
 @shared_task(name=TASK_NAME, bind=True, max_retries=None, ignore_result=True)
@@ -38,16 +40,21 @@ def place_order(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         request = parse_order(kwargs)
     except InvalidOrder as error:
         return _reject(error, kwargs.get("customer_id"))
-    rt = runtime.current()
+    order_runtime = runtime.current()
     try:
-        state = rt.placer.place(request)
+        state = order_runtime.placer.place(request)
     except OrderConflict as error:
         logger.warning("Order %r refused: %s", str(error.order_id), error)
         return {"order_id": str(error.order_id), "status": "conflict"}
-    except (StockUnavailable, DatabaseUnavailable, SoftTimeLimitExceeded) as error:
-        return _retry_or_fail(self, request, error)
+    except TryLater as error:
+        return _retry_or_fail(self, request, error, error.cause)
+    except DatabaseUnavailable as error:
+        return _retry_or_fail(self, request, error, "database_unavailable")
+    except SoftTimeLimitExceeded as error:
+        return _retry_or_fail(self, request, error, "time_limit")
     if state.status is OrderStatus.PENDING:
-        return _retry_or_fail(self, request, StockUnavailable(request.order_id, "row busy"))
+        busy = TryLater(request.order_id, "row_busy", "settled by another run")
+        return _retry_or_fail(self, request, busy, busy.cause)
     return _outcome(state)
 
 
@@ -66,8 +73,7 @@ def _reject(error: InvalidOrder, customer_id: object) -> dict[str, Any]:
 
 def _store_rejection(order_id: uuid.UUID, customer_id: object, reason: str) -> OrderState | None:
     try:
-        with runtime.current().sessions.begin() as session:
-            return record_rejected(session, order_id, customer_id, reason)
+        return runtime.current().placer.reject_invalid(order_id, customer_id, reason)
     except Exception:
         # The rejection is final whether or not it could be stored; say so loudly.
         logger.exception(
@@ -76,11 +82,14 @@ def _store_rejection(order_id: uuid.UUID, customer_id: object, reason: str) -> O
         return None
 
 
-def _retry_or_fail(self: Task, request: OrderRequest, error: Exception) -> dict[str, Any]:
-    budget = runtime.current().budget
+def _retry_or_fail(
+    self: Task, request: OrderRequest, error: BaseException, cause: str
+) -> dict[str, Any]:
+    order_runtime = runtime.current()
+    schedule = order_runtime.retries
     retries = self.request.retries
-    if retries < budget.max_retries:
-        countdown_s = random.uniform(0, min(budget.max_s, budget.base_s * 2**retries))
+    if retries < schedule.max_retries:
+        countdown_s = schedule.delay_s(retries, _rng)
         logger.info(
             "Order %r not decided yet (%s); retry %d in %.3f s.",
             str(request.order_id),
@@ -88,16 +97,11 @@ def _retry_or_fail(self: Task, request: OrderRequest, error: Exception) -> dict[
             retries + 1,
             countdown_s,
         )
-        raise self.retry(countdown=countdown_s, max_retries=budget.max_retries)
-    reason = (
-        "database_unavailable" if isinstance(error, DatabaseUnavailable) else "lock_unavailable"
-    )
+        order_runtime.events.task_retry(cause)
+        raise self.retry(countdown=countdown_s, max_retries=schedule.max_retries)
+    reason = "database_unavailable" if cause == "database_unavailable" else "lock_unavailable"
     logger.warning("Order %r failed after %d retries: %s", str(request.order_id), retries, error)
-    return _outcome(_fail(request, reason))
-
-
-def _fail(request: OrderRequest, reason: str) -> OrderState:
-    return runtime.current().placer.fail(request, reason)
+    return _outcome(order_runtime.placer.fail(request, reason))
 
 
 def _outcome(state: OrderState) -> dict[str, Any]:

@@ -18,8 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.redis_server import free_port
-from worker.stack import LocalStack, StackError
+from worker.demo.redis_server import free_port
+from worker.demo.stack import LocalStack, StackError
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.redis_server import RedisServer, free_port
+from worker.demo.redis_server import RedisServer, free_port
 
 
 class StackError(RuntimeError):

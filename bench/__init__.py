@@ -1,0 +1,1 @@
+"""Benchmarks: run them as modules from the repository root (``./dev bench bench/<script>.py``)."""

@@ -1,0 +1,206 @@
+"""`OrderStore` on PostgreSQL: each step of the hot path is one autocommitted statement.
+
+The functions of ``tasks/sql`` are atomic, so a statement is its own transaction,
+and a step costs one round trip instead of BEGIN, statement and COMMIT. The rare
+steps (ending an order without settling, storing a rejection) run in a
+transaction of a few statements.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, Uuid, bindparam, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from tasks.db import create_db_engine, session_factory
+from tasks.errors import OrderConflict, OverBudget, StaleFence
+from tasks.models import TERMINAL, OrderStatus
+from tasks.orders import Decision, Executor, OrderState, end_pending, find_order, record_rejected
+from tasks.settlement import BATCH_LIMIT
+from tasks.store import (
+    DEFAULT_OPTIONS,
+    StepResult,
+    StoreOptions,
+    read_highest_fence,
+    read_known_skus,
+    token_digest,
+    translated,
+)
+from tasks.validation import OrderRequest
+
+#: The SQLSTATE flashsale_settle raises when a newer (or equal, other) fence wrote the stock.
+STALE_FENCE_SQLSTATE = "FS001"
+#: The SQLSTATE flashsale_place raises when it ran longer than its budget.
+OVER_BUDGET_SQLSTATE = "FS002"
+RECORD_FUNCTION = text(
+    "SELECT status, reason, payload_hash, attempts"
+    " FROM flashsale_record(:id, :customer, :hash, :skus, :quantities)"
+).bindparams(bindparam("id", type_=Uuid))
+PLACE_FUNCTION = text(
+    "SELECT status, reason, payload_hash, attempts, decided_ids, decided_statuses,"
+    " decided_reasons, decided_ages FROM flashsale_place(:id, :customer, :hash, :skus,"
+    " :quantities, :record, :fence, :token, :limit, :wait, :budget, :max)"
+).bindparams(bindparam("id", type_=Uuid))
+
+
+class PostgresOrderStore:
+    """Records, settles and reads orders in PostgreSQL.
+
+    :param engine: the process's engine; the store opens its own pool of
+        autocommit connections to the same database for the one-statement steps.
+    :param options: delivery limit and pool size.
+    """
+
+    def __init__(self, *, engine: Engine, options: StoreOptions = DEFAULT_OPTIONS) -> None:
+        self._sessions = session_factory(engine)
+        # A pool of its own, in autocommit from the start (see `create_db_engine`).
+        self._statements = create_db_engine(
+            engine.url, pool_size=options.pool_size, autocommit=True
+        )
+        self._options = options
+
+    def dispose(self, *, close: bool = True) -> None:
+        """Drop the store's own connections; ``close=False`` in a forked child."""
+        self._statements.dispose(close=close)
+
+    def record(self, request: OrderRequest) -> StepResult:
+        """Record the order as pending, or count a redelivery (see `OrderStore.record`)."""
+        with self._statement() as connection:
+            state = record_pending(connection, request)
+            if state.status is OrderStatus.PENDING and (state.attempts or 0) > (
+                self._options.max_deliveries
+            ):
+                # Redelivered again and again (a crash in its path): stop, visibly.
+                decision = end_pending(
+                    connection, request.order_id, OrderStatus.FAILED, "too_many_attempts"
+                )
+                found = find_order(connection, request.order_id)
+                assert found is not None
+                return StepResult(found, () if decision is None else (decision,))
+        return StepResult(state)
+
+    def state(self, order_id: uuid.UUID) -> OrderState:
+        """Read a recorded order's current state."""
+        with self._statement() as connection:
+            found = find_order(connection, order_id)
+        if found is None:
+            raise KeyError(order_id)
+        return found
+
+    def settle(
+        self,
+        request: OrderRequest,
+        *,
+        record: bool,
+        fence: int | None,
+        lease_token: str | None,
+        wait_ms: float | None,
+        budget_ms: float | None,
+    ) -> StepResult:
+        """Record (if asked) and settle in one statement (see `OrderStore.settle`)."""
+        params: dict[str, Any] = {
+            "id": request.order_id,
+            "customer": request.customer_id,
+            "hash": request.payload_hash,
+            "skus": [line.sku for line in request.lines],
+            "quantities": [line.quantity for line in request.lines],
+            "record": record,
+            "fence": fence,
+            "token": None if fence is None else token_digest(lease_token),
+            "limit": BATCH_LIMIT,
+            "wait": wait_ms,
+            "budget": budget_ms,
+            "max": self._options.max_deliveries,
+        }
+        try:
+            with self._statement() as connection:
+                row = connection.execute(PLACE_FUNCTION, params).one()
+        except DBAPIError as error:
+            code = getattr(error.orig, "pgcode", None)
+            if code == STALE_FENCE_SQLSTATE:
+                raise StaleFence(",".join(request.skus), fence) from None
+            if code == OVER_BUDGET_SQLSTATE and budget_ms is not None:
+                raise OverBudget(budget_ms) from None
+            raise
+        if row.payload_hash != request.payload_hash:
+            raise OrderConflict(request.order_id)
+        state = OrderState(request.order_id, OrderStatus(row.status), row.reason, row.attempts)
+        decisions = tuple(
+            Decision(uuid.UUID(order_id), OrderStatus(status), reason, age)
+            for order_id, status, reason, age in zip(
+                row.decided_ids,
+                row.decided_statuses,
+                row.decided_reasons,
+                row.decided_ages,
+                strict=True,
+            )
+        )
+        return StepResult(state, decisions)
+
+    def end(self, request: OrderRequest, status: OrderStatus, reason: str) -> StepResult:
+        """End the order unless decided (see `OrderStore.end`)."""
+        with self._transaction() as session:
+            # Not a new delivery: record only an order that never reached the database.
+            state = find_order(session, request.order_id) or record_pending(session, request)
+            if state.status in TERMINAL:
+                return StepResult(state)
+            decision = end_pending(session, request.order_id, status, reason)
+            found = find_order(session, request.order_id)
+        assert found is not None, "recorded in this transaction"
+        return StepResult(found, () if decision is None else (decision,))
+
+    def reject_invalid(self, order_id: uuid.UUID, customer_id: object, reason: str) -> StepResult:
+        """Store an invalid order as rejected (see `OrderStore.reject_invalid`)."""
+        with self._transaction() as session:
+            state, decision = record_rejected(
+                session, postgresql.insert, order_id, customer_id, reason
+            )
+        return StepResult(state, () if decision is None else (decision,))
+
+    def highest_fence(self, skus: Sequence[str]) -> int:
+        """Return the highest fence that wrote the stock of any of ``skus`` (0 if none)."""
+        with self._statement() as connection:
+            return read_highest_fence(connection, skus)
+
+    def known_skus(self, skus: Sequence[str]) -> frozenset[str]:
+        """Return which of ``skus`` are products."""
+        with self._statement() as connection:
+            return read_known_skus(connection, skus)
+
+    @contextmanager
+    def _statement(self) -> Iterator[Executor]:
+        """An autocommit connection: each statement its own transaction."""
+        with translated(), self._statements.connect() as connection:
+            yield connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        """A session in one transaction."""
+        with translated(), self._sessions.begin() as session:
+            yield session
+
+
+def record_pending(executor: Executor, request: OrderRequest) -> OrderState:
+    """Record the order with ``flashsale_record`` (one statement).
+
+    :raises OrderConflict: the id exists with a different customer or cart.
+    """
+    row = executor.execute(
+        RECORD_FUNCTION,
+        {
+            "id": request.order_id,
+            "customer": request.customer_id,
+            "hash": request.payload_hash,
+            "skus": [line.sku for line in request.lines],
+            "quantities": [line.quantity for line in request.lines],
+        },
+    ).one()
+    if row.payload_hash != request.payload_hash:
+        raise OrderConflict(request.order_id)
+    return OrderState(request.order_id, OrderStatus(row.status), row.reason, row.attempts)

@@ -1,0 +1,1 @@
+"""``flashsale demo`` and the local stack it runs on; loaded only by the ``demo`` subcommand."""

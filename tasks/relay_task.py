@@ -16,7 +16,7 @@ from celery import Celery, Task, shared_task
 from kombu.exceptions import ChannelError, OperationalError
 
 from tasks import runtime
-from tasks.producer import PUBLISH_RETRY_POLICY
+from tasks.producer import BROKER_PUBLISH_RETRIES
 from tasks.relay import RELAY_TASK_NAME, OrderRelay
 from tasks.validation import TASK_NAME
 
@@ -39,7 +39,7 @@ def relay_orders(self: Task) -> dict[str, Any]:
                 kwargs=dict(kwargs),
                 producer=producer,
                 retry=True,
-                retry_policy=PUBLISH_RETRY_POLICY,
+                retry_policy=BROKER_PUBLISH_RETRIES,
             )
 
         relay = OrderRelay(

@@ -619,11 +619,11 @@ def test_the_rabbitmq_override_points_every_broker_user_at_rabbitmq(
     assert "rabbitmq-diagnostics" in rabbitmq["healthcheck"]["test"]
     assert any(str(volume).endswith(":/var/lib/rabbitmq") for volume in rabbitmq["volumes"])
     assert "ports" not in rabbitmq, "the broker must not be published outside Compose"
-    for name in ("migrate", "worker", "flower"):
+    for name in ("migrate", "worker", "beat", "flower"):
         url = _default(_service(override, name)["environment"]["CELERY_BROKER_URL"], env_example)
         assert Settings(broker_url=url).broker_kind == "amqp", (name, url)
         assert urlsplit(url).hostname == "rabbitmq"
-    for name in ("worker", "flower"):
+    for name in ("worker", "beat", "flower"):
         condition = _service(override, name)["depends_on"]["rabbitmq"]["condition"]
         assert condition == "service_healthy"
     used = {name for name, _, _ in COMPOSE_VARIABLE.findall(RABBITMQ_OVERRIDE.read_text())}

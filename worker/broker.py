@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kombu import Queue
+from kombu import Queue  # type: ignore[attr-defined]
 
 from tasks.relay import RELAY_QUEUE
 from worker.settings import Settings
@@ -41,7 +41,10 @@ def order_queues(settings: Settings) -> tuple[Queue, ...]:
     """The queues every worker consumes: the orders' (`QUEUE`) and the relay's rounds."""
     quorum = settings.broker_kind == "amqp" and settings.broker_quorum_queues
     arguments = {"x-queue-type": "quorum"} if quorum else None
-    return tuple(Queue(name, queue_arguments=arguments) for name in (QUEUE, RELAY_QUEUE))
+    return tuple(
+        Queue(name, queue_arguments=arguments)  # type: ignore[no-untyped-call]
+        for name in (QUEUE, RELAY_QUEUE)
+    )
 
 
 def _amqp_conf(settings: Settings) -> dict[str, Any]:

@@ -202,6 +202,7 @@ def test_redis_broker_killed_and_restarted_while_workers_consume(
         workers_alive=alive,
     )
     assert_sound(observer, sale.ids, result)
+    assert alive, "a worker died with the broker"
     assert web.slowest_s < SUBMIT_BOUND_S
 
 

@@ -17,8 +17,12 @@ from sqlalchemy import Engine, func, select
 from tasks.db import session_factory
 from tasks.models import ORDERS, OrderStatus
 from tasks.producer import submit_order
+from tasks.relay_task import queue_length
+from tests.rabbitmq import queue_type
 from tests.sale import check_invariants, producer, random_carts, seed_products, wait_until_decided
+from worker import create_app
 from worker.demo.stack import LocalStack
+from worker.settings import Settings
 
 #: A relay round every second; an order is a candidate 3 s after its publication.
 RELAY_ENV = {"INTAKE_RELAY_INTERVAL_S": "1", "INTAKE_REPUBLISH_AFTER_S": "3"}
@@ -94,3 +98,35 @@ def test_orders_taken_while_the_broker_is_down_are_relayed_when_it_is_back(
     wait_until_decided(engine, ids, timeout_s=60)
     check_invariants(engine, ids)
     assert republications(engine, ids) == len(ids), "each order relayed exactly once"
+
+
+@pytest.mark.parametrize("quorum", [False, True], ids=["classic", "quorum"])
+def test_the_intake_record_on_rabbitmq(
+    amqp_stack: LocalStack, engine: Engine, quorum: bool
+) -> None:
+    env = {**RELAY_ENV, "BROKER_QUORUM_QUEUES": "true" if quorum else "false"}
+    seed_products(engine, STOCK)
+    amqp_stack.start_worker(concurrency=2, extra_env=env)
+    amqp_stack.start_beat(extra_env=env)
+    app = create_app(Settings.from_env({**amqp_stack.env, **env}))
+    try:
+        ids = submit_all(engine, app, random_carts(40, list(STOCK), max_lines=2, seed=7))
+        wait_until_decided(engine, ids, timeout_s=60)
+        assert queue_length(app) == 0
+    finally:
+        app.close()
+    check_invariants(engine, ids)
+    assert republications(engine, ids) == 0
+    vhost = amqp_stack.env["CELERY_BROKER_URL"].rsplit("/", 1)[1]
+    assert queue_type(vhost) == ("quorum" if quorum else "classic")
+
+
+def test_the_relay_counts_what_the_redis_broker_holds(stack: LocalStack) -> None:
+    app = create_app(Settings.from_env(stack.env))
+    try:
+        assert queue_length(app) == 0  # Redis forgets an empty queue: nothing held
+        for number in range(3):
+            app.send_task("tasks.place_order", kwargs={"order_id": str(number)})
+        assert queue_length(app) == 3
+    finally:
+        app.close()

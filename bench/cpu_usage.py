@@ -87,3 +87,38 @@ def per_order_ms(
         / orders
         for role, group in after.items()
     }
+
+
+def process_switches(pid: int) -> tuple[int, int]:
+    """Return (voluntary, nonvoluntary) context switches of ``pid`` ((0, 0) when gone)."""
+    counts = {"voluntary_ctxt_switches": 0, "nonvoluntary_ctxt_switches": 0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in counts:
+                counts[key] = int(value)
+    except OSError:
+        pass
+    return counts["voluntary_ctxt_switches"], counts["nonvoluntary_ctxt_switches"]
+
+
+def switches_snapshot(pids: dict[str, list[int]]) -> dict[str, dict[int, tuple[int, int]]]:
+    """Return the context switches so far of each process, by role."""
+    return {role: {pid: process_switches(pid) for pid in group} for role, group in pids.items()}
+
+
+def switches_per_order(
+    before: dict[str, dict[int, tuple[int, int]]],
+    after: dict[str, dict[int, tuple[int, int]]],
+    orders: int,
+) -> dict[str, dict[str, float]]:
+    """Return each role's voluntary and nonvoluntary context switches per order."""
+    result: dict[str, dict[str, float]] = {}
+    for role, group in after.items():
+        voluntary = nonvoluntary = 0
+        for pid, (vol, nonvol) in group.items():
+            vol0, nonvol0 = before.get(role, {}).get(pid, (0, 0))
+            voluntary += vol - vol0
+            nonvoluntary += nonvol - nonvol0
+        result[role] = {"voluntary": voluntary / orders, "nonvoluntary": nonvoluntary / orders}
+    return result

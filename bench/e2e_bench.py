@@ -1,6 +1,15 @@
 """End-to-end orders/s against Celery's own floor, side by side in one run.
 
     ./dev bench bench/e2e_bench.py [--orders 3000] [--rounds 3]
+    ./dev bench bench/e2e_bench.py --grid 1x2,2x2,4x2 --stacks floor,ours,pottery,redis,nolock \
+        --scenarios hot,spread,carts --feeds live,prefilled --orders 1000 --rounds 2 \
+        --out bench/results/<name>.json
+
+The default runs the fixed list `CONFIGS` (1 worker). ``--grid`` runs every
+combination of workers x processes, stack (`STACKS`: ours, the no-op floor, the
+peer stacks of `bench.peers`), scenario and feed instead: ``prefilled`` fills the
+queue before the workers start, ``live`` starts the workers, then sends while they
+consume (the clock runs from the first send).
 
 Starts PostgreSQL databases (on the local server), three lock nodes, a broker
 and real ``celery worker`` processes, then for each configuration pre-fills the
@@ -15,14 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from bench import cpu_usage
 from tasks.db import create_db_engine, session_factory
@@ -39,7 +50,13 @@ RESULTS = Path(__file__).with_name("results") / "e2e_bench.json"
 
 @dataclass(frozen=True)
 class Config:
-    """One measured configuration."""
+    """One measured configuration.
+
+    :param app: the Celery app module the workers run (``None``: the no-op floor
+        when ``noop``, else ours).
+    :param workers: worker instances, each with ``processes`` pool processes.
+    :param feed: ``prefilled`` (queue filled before the workers start) or ``live``.
+    """
 
     name: str
     scenario: str  # hot | spread | carts
@@ -47,9 +64,76 @@ class Config:
     noop: bool = False
     processes: int = 2
     env: tuple[tuple[str, str], ...] = ()
+    app: str | None = None
+    workers: int = 1
+    feed: str = "prefilled"
     #: Orders stored first as the intake record does (``accepted`` rows), as a web
-    #: app calling ``submit_order(..., session=...)`` leaves them.
+    #: app calling ``submit_order(..., session=...)`` leaves them (prefilled feed).
     intake: bool = False
+
+    @property
+    def app_module(self) -> str:
+        return self.app or ("bench.noop_app" if self.noop else "worker")
+
+    @property
+    def decides_orders(self) -> bool:
+        """True when the app writes orders the end-of-run check can count."""
+        return not self.noop
+
+
+#: The app modules that run our order task.
+OURS_APPS = ("worker", "bench.patched_worker")
+
+#: The stacks of ``--grid``: (app module, extra environment, takes the lock).
+STACKS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "floor": ("bench.noop_app", ()),
+    "ours": ("worker", ()),
+    "ours-nolock": ("worker", (("ORDER_LOCK", "off"),)),
+    "pottery": ("bench.peers.app", (("PEER_LOCK", "pottery"),)),
+    "redis": ("bench.peers.app", (("PEER_LOCK", "redis"),)),
+    "nolock": ("bench.peers.app", (("PEER_LOCK", "none"),)),
+}
+
+
+def grid_configs(
+    shapes: list[str],
+    stacks: list[str],
+    scenarios: list[str],
+    feeds: list[str],
+    variants: list[str],
+) -> list[Config]:
+    """Return one configuration per combination; the floor runs one scenario only.
+
+    :param variants: extra environment of ours, as ``NAME=VALUE`` (one more ``ours``
+        row each), e.g. ``REDLOCK_HANDOFF_MS=0`` or ``BENCH_PATCH=nospin``.
+    """
+    configs = []
+    for shape in shapes:
+        workers, processes = (int(part) for part in shape.split("x"))
+        for feed in feeds:
+            for stack in stacks:
+                app, env = STACKS[stack]
+                rows = [(stack, env)]
+                if stack == "ours":
+                    for variant in variants:
+                        name, _, value = variant.partition("=")
+                        rows.append((f"ours[{variant}]", (*env, (name, value))))
+                for scenario in ["hot"] if stack == "floor" else scenarios:
+                    for label, row_env in rows:
+                        patched = any(key == "BENCH_PATCH" for key, _ in row_env)
+                        configs.append(
+                            Config(
+                                f"{label} {scenario} {shape} {feed}",
+                                scenario,
+                                noop=stack == "floor",
+                                processes=processes,
+                                workers=workers,
+                                env=row_env,
+                                app="bench.patched_worker" if patched else app,
+                                feed=feed,
+                            )
+                        )
+    return configs
 
 
 def payloads(scenario: str, orders: int) -> tuple[dict[str, int], list[dict[str, Any]]]:
@@ -88,43 +172,83 @@ def run_one(config: Config, orders: int, paced_rate: float) -> dict[str, Any]:
         stock, batch = payloads(config.scenario, orders)
         batch = batch[:orders]
         seed_products(engine, stock)
+        pg_before = pg_counters(engine)
         with LocalStack(env={"DATABASE_URL": url}) as stack:
             stack.start_lock_nodes(3)
             broker = stack.start_broker()
             extra = dict(config.env) | ({} if config.lock else {"ORDER_LOCK": "off"})
-            if config.intake:
-                store_intake_records(engine, batch)
-            ids = enqueue(producer(broker.url), batch)
-            stack.start_worker(
-                concurrency=config.processes,
-                extra_env=extra,
-                app_module="bench.noop_app" if config.noop else "worker",
-                wait=False,
-            )
-            # The clock starts with the first message taken, not with the worker's
-            # boot, which would otherwise dominate the fast configurations.
-            started = wait_consumption_started(broker.url, len(ids))
-            cpu_before, busy_before = (
-                cpu_usage.snapshot(cpu_usage.roles(stack, engine)),
-                (cpu_usage.host_busy_s()),
-            )
-            latencies: list[float] = []
-            if config.noop:
-                finished = wait_queue_drained(broker.url)
+            nodes_before = [command_calls(node.url) for node in stack.lock_nodes]
+            sender: threading.Thread | None = None
+            if config.feed == "prefilled":
+                if config.intake:
+                    store_intake_records(engine, batch)
+                ids = enqueue(producer(broker.url), batch)
+            for _ in range(config.workers):
+                stack.start_worker(
+                    concurrency=config.processes,
+                    extra_env=extra,
+                    app_module=config.app_module,
+                    wait=False,
+                )
+            if config.feed == "prefilled":
+                # The clock starts with the first message taken, not with the worker's
+                # boot, which would otherwise dominate the fast configurations.
+                started = wait_consumption_started(broker.url, len(ids))
             else:
+                for worker in stack.workers:
+                    stack.wait_ready(worker)
+                ids = [str(payload["order_id"]) for payload in batch]
+                sender = threading.Thread(
+                    target=enqueue, args=(producer(broker.url), batch), daemon=True
+                )
+            broker_before = command_calls(broker.url)
+            pids = cpu_usage.roles(stack, engine) | {"harness (producer)": [os.getpid()]}
+            cpu_before, busy_before = cpu_usage.snapshot(pids), cpu_usage.host_busy_s()
+            switches_before = cpu_usage.switches_snapshot(pids)
+            if sender is not None:
+                started = time.monotonic()
+                sender.start()
+            latencies: list[float] = []
+            if sender is not None:
+                sender.join()
+            if config.decides_orders:
                 finished = wait_decided(engine, len(ids))
+            else:
+                finished = wait_queue_drained(broker.url)
             busy_after = cpu_usage.host_busy_s()
-            cpu = cpu_usage.per_order_ms(
-                cpu_before, cpu_usage.snapshot(cpu_usage.roles(stack, engine)), len(ids)
+            pids = cpu_usage.roles(stack, engine) | {"harness (producer)": [os.getpid()]}
+            cpu = cpu_usage.per_order_ms(cpu_before, cpu_usage.snapshot(pids), len(ids))
+            # The stack's own roles, harness excluded; the host figure includes every
+            # other process on the machine (other people's work on a shared host).
+            cpu["stack, all roles"] = sum(
+                ms for role, ms in cpu.items() if not role.startswith("harness")
             )
             cpu["host, all processes"] = (busy_after - busy_before) * 1000 / len(ids)
+            switches = cpu_usage.switches_per_order(
+                switches_before, cpu_usage.switches_snapshot(pids), len(ids)
+            )
+            broker_calls = calls_per_order([broker_before], [command_calls(broker.url)], len(ids))
+            node_calls = calls_per_order(
+                nodes_before, [command_calls(node.url) for node in stack.lock_nodes], len(ids)
+            )
             # The latency pass sends with send_task: it measures today's path only.
-            if not config.noop and not config.intake and paced_rate > 0:
+            if config.decides_orders and not config.intake and paced_rate > 0:
                 latencies = paced_latencies_ms(engine, broker.url, config, paced_rate, len(ids))
-        stats = order_stats(engine) if config.lock and not config.noop else None
+        # Backends flush their statistics when they disconnect: read after the stop.
+        time.sleep(0.5)
+        pg = {
+            key: (value - pg_before[key]) / len(ids) for key, value in pg_counters(engine).items()
+        }
+        stats = order_stats(engine) if config.app_module in OURS_APPS else None
         engine.dispose()
         elapsed = finished - started
         return {
+            "busy_cores": (busy_after - busy_before) / elapsed,
+            "stack_busy_cores": cpu["stack, all roles"] * len(ids) / 1000 / elapsed,
+            "context_switches_per_order": switches,
+            "broker_calls_per_order": broker_calls,
+            "lock_node_calls_per_order": node_calls,
+            "postgresql_per_order": pg,
             "config": config.__dict__,
             "orders": len(ids),
             "elapsed_s": elapsed,
@@ -139,14 +263,14 @@ def run_one(config: Config, orders: int, paced_rate: float) -> dict[str, Any]:
         drop_database(url)
 
 
-def store_intake_records(engine, batch: list[dict[str, object]]) -> None:  # type: ignore[no-untyped-def]
+def store_intake_records(engine: Engine, batch: list[dict[str, object]]) -> None:
     """Store every order as ``accepted``, with its lines, as the intake record does."""
     with session_factory(engine).begin() as session:
         for payload in batch:
             store_accepted(session, parse_order(dict(payload)))
 
 
-def order_stats(engine) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def order_stats(engine: Engine) -> dict[str, float]:
     """Share of orders decided by another task's settlement (flat combining), and of
     orders that needed more than one delivery (task retries)."""
     query = text(
@@ -156,6 +280,50 @@ def order_stats(engine) -> dict[str, float]:  # type: ignore[no-untyped-def]
     with engine.connect() as connection:
         combined, retried = connection.execute(query).one()
     return {"settled_by_another": float(combined), "retried": float(retried)}
+
+
+def command_calls(url: str) -> dict[str, int]:
+    """Return the calls of each command a redis-server has served (INFO commandstats)."""
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+
+
+def calls_per_order(
+    before: list[dict[str, int]], after: list[dict[str, int]], orders: int
+) -> dict[str, float]:
+    """Return the commands per order served by a group of servers between two readings.
+
+    The harness's own commands (INFO, and LLEN/HLEN polls of the broker) are included.
+    """
+    totals: dict[str, int] = {}
+    for old, new in zip(before, after, strict=True):
+        for name, calls in new.items():
+            totals[name] = totals.get(name, 0) + calls - old.get(name, 0)
+    return {name: calls / orders for name, calls in sorted(totals.items()) if calls}
+
+
+#: Counters of pg_stat_database read before and after a run.
+PG_COUNTERS = (
+    "xact_commit",
+    "xact_rollback",
+    "tup_returned",
+    "tup_fetched",
+    "tup_inserted",
+    "tup_updated",
+    "tup_deleted",
+    "blks_hit",
+)
+
+
+def pg_counters(engine: Engine) -> dict[str, float]:
+    """Return this database's pg_stat_database counters (and its row lock waits: none kept)."""
+    query = text(
+        f"SELECT {', '.join(PG_COUNTERS)} FROM pg_stat_database WHERE datname = current_database()"
+    )
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_stat_clear_snapshot()"))
+        row = connection.execute(query).one()
+    return {name: float(value) for name, value in zip(PG_COUNTERS, row, strict=True)}
 
 
 def wait_consumption_started(broker_url: str, queued: int, timeout_s: float = 120) -> float:
@@ -183,7 +351,7 @@ def wait_queue_drained(broker_url: str, timeout_s: float = 600) -> float:
     raise TimeoutError("queue not drained")
 
 
-def wait_decided(engine, count: int, timeout_s: float = 600) -> float:  # type: ignore[no-untyped-def]
+def wait_decided(engine: Engine, count: int, timeout_s: float = 600) -> float:
     deadline = time.monotonic() + timeout_s
     query = text("SELECT count(*) FROM orders WHERE status <> 'pending'")
     with engine.connect() as connection:
@@ -195,8 +363,8 @@ def wait_decided(engine, count: int, timeout_s: float = 600) -> float:  # type: 
     raise TimeoutError("orders not decided")
 
 
-def paced_latencies_ms(  # type: ignore[no-untyped-def]
-    engine, broker_url: str, config: Config, rate: float, already: int
+def paced_latencies_ms(
+    engine: Engine, broker_url: str, config: Config, rate: float, already: int
 ) -> list[float]:
     """Send orders at ``rate``/s for ~5 s; return enqueue-to-decision times in ms."""
     _, batch = payloads(config.scenario, max(50, int(rate * 5)))
@@ -212,7 +380,7 @@ def paced_latencies_ms(  # type: ignore[no-untyped-def]
     wait_decided(engine, already + len(batch))
     query = text("SELECT id::text, EXTRACT(EPOCH FROM decided_at) FROM orders")
     with engine.connect() as connection:
-        decided = dict(connection.execute(query).all())
+        decided: dict[str, Any] = dict(connection.execute(query).all())
     return [(float(decided[oid]) - sent) * 1000 for oid, sent in sent_at.items()]
 
 
@@ -237,12 +405,31 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default=None, help="configuration names to run, separated by |")
+    parser.add_argument("--grid", default=None, help="workers x processes shapes, e.g. 1x2,2x2")
+    parser.add_argument("--stacks", default="floor,ours", help=f"of {','.join(STACKS)}")
+    parser.add_argument("--scenarios", default="hot,spread,carts")
+    parser.add_argument("--feeds", default="live,prefilled")
+    parser.add_argument(
+        "--variants", default="", help="NAME=VALUE environments of extra ours rows, ';'-separated"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument(
         "--paced-rate", type=float, default=100.0, help="orders/s of the latency pass (0: none)"
     )
     args = parser.parse_args()
     wanted = None if args.only is None else args.only.split("|")
-    configs = [c for c in CONFIGS if wanted is None or c.name in wanted]
+    every = (
+        CONFIGS
+        if args.grid is None
+        else grid_configs(
+            args.grid.split(","),
+            args.stacks.split(","),
+            args.scenarios.split(","),
+            args.feeds.split(","),
+            [v for v in args.variants.split(";") if v],
+        )
+    )
+    configs = [c for c in every if wanted is None or c.name in wanted]
     runs: dict[str, list[dict[str, Any]]] = {c.name: [] for c in configs}
     for round_ in range(args.rounds):
         for config in configs:
@@ -257,55 +444,96 @@ def main() -> None:
                     else "  settled by another: {settled_by_another:.0%}, "
                     "retried: {retried:.1%}".format(**stats)
                 )
+                + f"  busy cores {result['busy_cores']:.2f}"
+                + f" (stack {result['stack_busy_cores']:.2f})"
                 + "  cpu ms/order: "
                 + ", ".join(f"{k} {v:.2f}" for k, v in result["cpu_ms_per_order"].items()),
                 flush=True,
             )
     summary = summarize(runs)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(
         json.dumps(
-            {"orders": args.orders, "rounds": args.rounds, "summary": summary, "runs": runs},
+            {
+                "orders": args.orders,
+                "rounds": args.rounds,
+                "load_average_at_end": os.getloadavg(),
+                "summary": summary,
+                "runs": runs,
+            },
             indent=2,
         )
     )
     print_table(summary)
 
 
-def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float | None]]:
-    floor = {
-        procs: statistics.median(float(r["orders_per_s"]) for r in results)
-        for name, results in runs.items()
-        if results and results[0]["config"]["noop"]
-        for procs in [results[0]["config"]["processes"]]
+def _shape(result: dict[str, Any]) -> tuple[int, int, str]:
+    config = result["config"]
+    return (
+        int(config.get("workers", 1)),
+        int(config["processes"]),
+        str(config.get("feed", "prefilled")),
+    )
+
+
+def _median_by_key(results: list[dict[str, Any]], field: str) -> dict[str, float]:
+    keys = {key for r in results for key in r.get(field, {})}
+    return {
+        key: statistics.median(float(r[field].get(key, 0.0)) for r in results)
+        for key in sorted(keys)
     }
-    summary = {}
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Return the medians of each configuration's rounds, and its ratio to the floor
+    of the same shape (workers, processes, feed)."""
+    floor = {
+        _shape(results[0]): statistics.median(float(r["orders_per_s"]) for r in results)
+        for results in runs.values()
+        if results and results[0]["config"]["noop"]
+    }
+    summary: dict[str, dict[str, Any]] = {}
     for name, results in runs.items():
         if not results:
             continue
-        procs = results[0]["config"]["processes"]
+        shape = _shape(results[0])
         median = statistics.median(float(r["orders_per_s"]) for r in results)
         p50 = [r["latency_p50_ms"] for r in results if r["latency_p50_ms"] is not None]
         p99 = [r["latency_p99_ms"] for r in results if r["latency_p99_ms"] is not None]
         summary[name] = {
             "orders_per_s": median,
-            "ratio_to_floor": median / floor[procs] if procs in floor else None,
+            "ratio_to_floor": median / floor[shape] if shape in floor else None,
             "latency_p50_ms": statistics.median(p50) if p50 else None,
             "latency_p99_ms": statistics.median(p99) if p99 else None,
+            "busy_cores": statistics.median(float(r.get("busy_cores", 0.0)) for r in results),
+            "stack_busy_cores": statistics.median(
+                float(r.get("stack_busy_cores", 0.0)) for r in results
+            ),
+            "cpu_ms_per_order": _median_by_key(results, "cpu_ms_per_order"),
         }
     return summary
 
 
-def print_table(summary: dict[str, dict[str, float | None]]) -> None:
-    print(f"\n{'configuration':32s} {'orders/s':>9s} {'x floor':>8s} {'p50 ms':>8s} {'p99 ms':>8s}")
+def print_table(summary: dict[str, dict[str, Any]]) -> None:
+    print(
+        f"\n{'configuration':36s} {'orders/s':>9s} {'x floor':>8s} {'p50 ms':>8s} {'p99 ms':>8s}"
+        f" {'host busy':>9s} {'stack busy':>10s} {'stack cpu ms':>12s}"
+    )
     for name, row in summary.items():
+        cpu = row["cpu_ms_per_order"]
         cells = [
             row["orders_per_s"],
             row["ratio_to_floor"],
             row["latency_p50_ms"],
             row["latency_p99_ms"],
+            row["busy_cores"],
+            row["stack_busy_cores"],
+            cpu.get("stack, all roles"),
         ]
-        print(f"{name:32s} " + " ".join("       -" if v is None else f"{v:8.2f}" for v in cells))
+        print(
+            f"{name:36s} "
+            + " ".join("       -" if v is None else f"{float(v):8.2f}" for v in cells)
+        )
 
 
 if __name__ == "__main__":

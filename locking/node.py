@@ -159,14 +159,16 @@ class Node:
             self.health.failed(error)
         return error
 
-    def read(self, deadline: float) -> object:
+    def read(self, deadline: float, *, spin: bool = True) -> object:
         """Return the reply to the last command sent, or a `NodeError` if it is late.
 
         Replies to earlier commands (owed by rounds that ended early) are skipped.
 
         :param deadline: ``time.monotonic()`` value after which the node is late.
+        :param spin: poll the socket for up to `SPIN_S` before sleeping; False for
+            replies that are expected to take long (a blocked wait for a release).
         """
-        reply = self._read(deadline)
+        reply = self._read(deadline, spin)
         if isinstance(reply, NodeError):
             self.health.failed(reply)
         else:
@@ -260,7 +262,7 @@ class Node:
             return False
         return True
 
-    def _read(self, deadline: float) -> object:
+    def _read(self, deadline: float, spin: bool) -> object:
         sock = self._sock
         if sock is None or self._busy or self._in_flight == 0 or self._pid != os.getpid():
             return NodeError(self.name, "no reply to read: not connected", kind="closed")
@@ -278,7 +280,7 @@ class Node:
                         return NodeError(self.name, f"redis error: {reply}", kind=_kind_of(reply))
                     return reply
                 self._busy = False
-                if not self._receive(sock, deadline):
+                if not self._receive(sock, deadline, spin):
                     self.close()
                     return NodeError(self.name, "connection closed by the node", kind="closed")
         except TimeoutError:
@@ -291,9 +293,10 @@ class Node:
             self.close()
             return NodeError(self.name, "protocol error in the node's reply", kind="protocol")
 
-    def _receive(self, sock: socket.socket, deadline: float) -> bool:
+    def _receive(self, sock: socket.socket, deadline: float, spin: bool) -> bool:
         """Feed the parser the next bytes from ``sock``; False at EOF.
 
+        :param spin: poll without sleeping for up to `SPIN_S` first.
         :raises TimeoutError: nothing arrived before ``deadline``.
         """
         if isinstance(sock, ssl.SSLSocket):
@@ -309,7 +312,7 @@ class Node:
         # A reply on loopback or a LAN usually lands within tens of microseconds:
         # polling the non-blocking socket that long avoids a sleep and a wake-up,
         # which cost more than the round trip itself. Past SPIN_S, sleep in poll().
-        spin_until = time.monotonic() + SPIN_S
+        spin_until = time.monotonic() + SPIN_S if spin else 0.0
         while True:
             try:
                 return self._feed(sock)

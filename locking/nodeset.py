@@ -102,7 +102,9 @@ class NodeSet:
                 node.drop_if_owed()  # an earlier wait may still block it
                 if node.send(payload) is None:
                     try:
-                        return node.read(deadline_s)
+                        # A blocked wait: spinning would only take the core from the
+                        # process whose release ends it.
+                        return node.read(deadline_s, spin=False)
                     except BaseException:
                         node.close()  # the blocked command goes with its connection
                         raise

@@ -118,7 +118,7 @@ def test_beat_runs_the_relay_with_the_workers_settings(compose: dict[str, Any]) 
 
 
 #: ``name:version[-variant]``; PostgreSQL (10+) numbers its releases major.minor.
-IMAGE_TAG = re.compile(r"(?P<name>[a-z0-9./-]+):(?P<version>\d+(?:\.\d+)*)(?:-[A-Za-z0-9.-]+)?")
+IMAGE_TAG = re.compile(r"(?P<name>[a-z0-9./-]+):v?(?P<version>\d+(?:\.\d+)*)(?:-[A-Za-z0-9.-]+)?")
 
 
 def is_exact_image(image: str) -> bool:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+import types
 
 import pytest
 import redis
 
+import locking.node
 from locking import Redlock, ReleaseOutcome
 from tests.locking._support import FOREIGN, MakeRedlock
 from worker.demo.redis_server import RedisServer
@@ -139,3 +141,27 @@ def test_a_release_wakes_a_waiter_on_a_node_the_holder_skipped(
         releaser.join()
     assert woken is True
     assert time.monotonic() - started < 0.6
+
+
+def test_a_blocked_wait_sleeps_instead_of_spinning(
+    redlock: Redlock, clients: list[redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A spinning read asks the clock on every turn of its loop (hundreds of times in
+    # its 0.2 ms); a read that goes straight to poll() asks it a few times per wait.
+    # Spinning in a wait only takes the core from the process whose release ends it.
+    for client in clients:
+        client.set("redlock:w", FOREIGN, px=10_000)
+    redlock.wait_released("w", timeout_ms=1)  # connects
+    calls = 0
+    real_monotonic = time.monotonic
+
+    def counting_monotonic() -> float:
+        nonlocal calls
+        calls += 1
+        return real_monotonic()
+
+    monkeypatch.setattr(locking.node, "time", types.SimpleNamespace(monotonic=counting_monotonic))
+    waits = 5
+    for _ in range(waits):
+        assert redlock.wait_released("w", timeout_ms=20) is False
+    assert calls <= 6 * waits, f"{calls} clock reads in {waits} waits: the wait spun"

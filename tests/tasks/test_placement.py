@@ -290,7 +290,8 @@ def test_orders_for_unknown_skus_leave_nothing_on_the_lock_nodes(
     assert lasting_keys(lock_nodes) == [[]] * 3
     assert stock(engine) == {"A": 5}
     assert outcome(placer.place(request({"A": 1}))) == (OrderStatus.CONFIRMED, None)
-    assert lasting_keys(lock_nodes) == [[b"redlock-fence:sku:A"]] * 3
+    # The counter of the real SKU, and each node's one fencing status key (locking.fencing).
+    assert lasting_keys(lock_nodes) == [[b"redlock-fence:", b"redlock-fence:sku:A"]] * 3
 
 
 def test_a_known_sku_is_looked_up_once(

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, func, select
 
 from tasks.models import Order
+from tasks.store import StoreOptions
 from tests.domain import payload
 from tests.sale import enqueue, producer, seed_products, wait_until_decided
 from worker.demo.redis_server import free_port
@@ -193,16 +195,17 @@ def test_every_metric_of_the_rules_and_the_dashboard_is_exported(
 def test_open_orders_come_from_the_exporter(stack: LocalStack, exporter: int) -> None:
     # No worker runs: the enqueued orders stay open in the broker, and one that a
     # previous delivery recorded as pending is open in the database.
-    from tasks.db import create_db_engine, session_factory
-    from tasks.orders import record_pending
+    from tasks.db import create_db_engine
     from tests.domain import request
+    from worker.wiring import build_store
 
     engine = create_db_engine(stack.env["DATABASE_URL"])
+    store = build_store(engine, StoreOptions())
     try:
         seed_products(engine, {"A": 5})
-        with session_factory(engine).begin() as session:
-            record_pending(session, request({"A": 1}))
+        store.record(request({"A": 1}))  # pending: a delivery recorded it, nothing settled it
     finally:
+        store.dispose()
         engine.dispose()
     samples = scrape(exporter)
     assert value(samples, "flashsale_open_orders", status="pending") == 1
@@ -277,7 +280,7 @@ def test_json_logs_every_line_of_a_worker_during_a_sale(stack: LocalStack, engin
     ids = enqueue(app, orders)
     app.send_task("tasks.place_order", kwargs=bad)
     wait_until_decided(engine, ids, timeout_s=60)
-    stack.stop_worker(worker)
+    stop_worker(worker)
     assert not metrics_dir(_port).exists(), "a stopped worker removes its metrics directory"
     entries = json_lines(worker)
     assert len(entries) >= len(orders)
@@ -360,3 +363,13 @@ def test_the_exporter_says_when_the_database_is_down(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def stop_worker(worker: WorkerProcess, timeout_s: float = 15.0) -> None:
+    """Warm-shutdown one worker (TERM to its process group), SIGKILL it if it hangs."""
+    os.killpg(worker.process.pid, signal.SIGTERM)
+    try:
+        worker.process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.process.pid, signal.SIGKILL)
+        worker.process.wait()

@@ -1,0 +1,112 @@
+"""Our worker app with diagnostic switches, for measuring one candidate cost at a time.
+
+Run as ``celery -A bench.patched_worker worker`` with ``BENCH_PATCH`` a comma-separated
+list of `PATCHES`. Not part of the product: each switch takes one mechanism out, so
+an interleaved run shows what that mechanism costs per order.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import os
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from celery import Celery
+
+import locking.node
+from worker.celery_app import create_app
+from worker.settings import Settings
+
+
+def _no_spin(app: Celery) -> None:
+    # Lock socket reads sleep in poll() at once instead of spinning first.
+    locking.node.SPIN_S = 0.0
+
+
+def _no_events(app: Celery) -> None:
+    # No task events: the main process publishes nothing per task (Flower sees nothing).
+    app.conf.update(
+        worker_send_task_events=False, task_send_sent_event=False, task_track_started=False
+    )
+
+
+#: Per process: reads, reads answered within the spin, reads that slept in poll(),
+#: seconds spent spinning (answered or not), seconds in poll().
+SPIN_STATS = {"reads": 0, "spin_hits": 0, "polled": 0, "spin_s": 0.0, "poll_s": 0.0}
+
+
+def _spin_stats(app: Celery) -> None:
+    """Count what the lock's read spin buys: `Node._receive` with counters.
+
+    The same logic as `locking.node.Node._receive` for plain sockets (a copy, so
+    that it stays a bench-only patch); the counters go to
+    ``$BENCH_STATS_DIR/spin-<pid>.json`` every 200 reads and at exit.
+    """
+    out_dir = Path(os.environ.get("BENCH_STATS_DIR", "."))
+
+    def dump() -> None:
+        (out_dir / f"spin-{os.getpid()}.json").write_text(json.dumps(SPIN_STATS))
+
+    def receive(
+        self: locking.node.Node, sock: socket.socket, deadline: float, spin: bool = True
+    ) -> bool:
+        assert not isinstance(sock, ssl.SSLSocket)
+        SPIN_STATS["reads"] += 1
+        if SPIN_STATS["reads"] % 200 == 0:
+            dump()
+        started = time.monotonic()
+        spin_until = started + (locking.node.SPIN_S if spin else 0.0)
+        polled_at: float | None = None
+        while True:
+            try:
+                fed = self._feed(sock)
+            except BlockingIOError:
+                self._busy = False
+            else:
+                now = time.monotonic()
+                if polled_at is None:
+                    SPIN_STATS["spin_hits"] += 1
+                    SPIN_STATS["spin_s"] += now - started
+                else:
+                    SPIN_STATS["poll_s"] += now - polled_at
+                return fed
+            now = time.monotonic()
+            if now >= deadline:
+                raise TimeoutError
+            if now >= spin_until:
+                if polled_at is None:
+                    polled_at = now
+                    SPIN_STATS["polled"] += 1
+                    SPIN_STATS["spin_s"] += now - started
+                self._poller.poll(max(1, math.ceil((deadline - now) * 1000)))
+
+    locking.node.Node._receive = receive  # type: ignore[method-assign]
+    atexit.register(dump)
+
+
+def _wait_spin(app: Celery) -> None:
+    # Waits for a release spin before sleeping, as reads of replies do (the old way).
+    original = locking.node.Node.read
+
+    def read(self: locking.node.Node, deadline: float, *, spin: bool = True) -> object:
+        return original(self, deadline, spin=True)
+
+    locking.node.Node.read = read  # type: ignore[method-assign]
+
+
+PATCHES: dict[str, Callable[[Celery], None]] = {
+    "waitspin": _wait_spin,
+    "nospin": _no_spin,
+    "noevents": _no_events,
+    "spinstats": _spin_stats,
+}
+
+app = create_app(Settings.from_env())
+for _name in filter(None, os.environ.get("BENCH_PATCH", "").split(",")):
+    PATCHES[_name](app)

@@ -122,8 +122,9 @@ SCENARIOS = {
     "(a message popped by a worker when the broker dies is lost: its order is still "
     "`accepted` or `pending` in the database). Web link down: the web app reaches the "
     "broker through a link that refuses connections from the 60th to about the 240th "
-    "submission: every submission still succeeds. Queue lost: a broker without persistence is restarted "
-    "empty with the whole sale queued; the relay must publish each order once, and only "
+    "submission: every submission still succeeds. Queue lost: a broker without "
+    "persistence is restarted empty with the whole sale queued; the relay must publish "
+    "each order once, and only "
     "once. Every order must be decided; the time is from the end of the fault until the "
     "last decision.",
 }

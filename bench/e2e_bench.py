@@ -353,7 +353,7 @@ def wait_queue_drained(broker_url: str, timeout_s: float = 600) -> float:
 
 def wait_decided(engine: Engine, count: int, timeout_s: float = 600) -> float:
     deadline = time.monotonic() + timeout_s
-    query = text("SELECT count(*) FROM orders WHERE status <> 'pending'")
+    query = text("SELECT count(*) FROM orders WHERE status NOT IN ('pending', 'accepted')")
     with engine.connect() as connection:
         while time.monotonic() < deadline:
             if connection.execute(query).scalar_one() >= count:

@@ -56,9 +56,11 @@ def create_app(
         # Redis: visibility timeout; RabbitMQ: publisher confirms, quorum queues.
         **broker_conf(settings),
         # The intake relay (tasks.relay), sent by `celery -A worker beat` to a queue of
-        # its own that every worker also consumes: behind a backlog of minutes in the
-        # orders' queue it would never run in time (measured: no round ran during a
-        # 134 s backlog). A round that waited longer than one interval is dropped.
+        # its own that every worker also consumes: in the orders' queue a round waits
+        # behind the whole backlog and, sent with a one-interval expiry, is dropped
+        # unrun (a 20,000-order sale whose oldest order waited 134 s saw 0 relay
+        # publications that way). A round that waited longer than one interval is
+        # dropped.
         task_queues=order_queues(settings),
         task_routes={RELAY_TASK_NAME: {"queue": RELAY_QUEUE}},
         beat_schedule={

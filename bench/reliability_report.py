@@ -115,18 +115,34 @@ SCENARIOS = {
     "consumption resumes within 3 s of each restart; nothing oversold or moved twice; "
     "orders lost only in flight (at most one per worker connection and restart), the "
     "gap the intake record closes.",
+    "13": "The intake record: sales of 300 orders submitted by a web thread, each in its "
+    "own PostgreSQL transaction (`submit_order(..., session=...)`), published after the "
+    "commit; `celery beat` sends a relay round every second and an open order is a "
+    "candidate 5 s after its last publication. Broker killed: the Redis broker (AOF) is "
+    "SIGKILLed and restarted on its port and data three times while the workers consume "
+    "(a message popped by a worker when the broker dies is lost: its order is still "
+    "`accepted` or `pending` in the database). Web link down: the web app reaches the "
+    "broker through a link that refuses connections from the 60th to about the 240th "
+    "submission: every submission still succeeds. Queue lost: a broker without "
+    "persistence is restarted empty with the whole sale queued; the relay must publish "
+    "each order once, and only "
+    "once. Every order must be decided; the time is from the end of the fault until the "
+    "last decision.",
 }
 
 DECISIONS = """\
 ## Decisions
 
 - **The broker persists (AOF).** Without persistence a broker restart empties the
-  queue: every order accepted but not yet consumed is lost. The chaos suite's broker
-  fsyncs every write (`appendfsync always`, scenarios 6 and 12); the `broker` of
-  `docker-compose.yml` uses `appendfsync everysec`, so a crash of its machine can
-  lose about the last second of queued orders. The lock nodes are separate servers
-  and also run with AOF (`appendfsync always` in `docker-compose.yml`): the fence
-  counters must survive a crash (scenario 4).
+  queue: every order only handed to the broker and not yet consumed is lost; those
+  taken through the intake record come back through the relay (scenario 13), after
+  `INTAKE_REPUBLISH_AFTER_S`. The chaos suite's broker fsyncs every write
+  (`appendfsync always`, scenarios 6 and 12); the `broker` of `docker-compose.yml`
+  uses `appendfsync everysec`, so a crash of its machine can lose about the last
+  second of queued messages (orders of the intake record among them come back
+  through the relay). The lock nodes are separate servers and also run with AOF
+  (`appendfsync always` in `docker-compose.yml`): the fence counters must survive a
+  crash (scenario 4).
 - **The database is the correctness layer.** In every scenario the lock was degraded,
   frozen, restarted or outlived, and no scenario oversold or moved stock twice: the
   guarded `UPDATE ... WHERE stock >= total` with its fence guard (a lower fence, or
@@ -150,8 +166,10 @@ DECISIONS = """\
   kombu's Redis transport pops a message (BRPOP) before it records it as
   unacknowledged. Measured: 0-3 orders per run of 400-500 in scenarios 11 and 12 (the
   orders have no row; nothing is left on the broker). RabbitMQ does not lose them
-  (scenario 11). Closed by the intake record (the order stored in the web app's
-  transaction and republished by a relay), not by configuration.
+  (scenario 11). Not fixable by configuration; closed by the intake record (scenario
+  13: the order is stored in the web app's transaction and the relay publishes it
+  again). Orders sent with `send_task`, or `submit_order` without `session`, remain
+  as safe as the broker.
 - **Redis: an order whose message was stranded in `unacked` waits out the visibility
   timeout.** When a connection drops while a task runs or its ack is on the way
   ("Couldn't ack") and the broker cannot be reached to give the message back, it

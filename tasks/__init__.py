@@ -1,8 +1,10 @@
 """The order domain and its Celery task ``tasks.place_order``.
 
-Web apps enqueue with ``submit_order(app, customer_id=..., items=[...])`` (or with
-``app.send_task("tasks.place_order", kwargs={...})`` from any codebase) and read
-the outcome with ``get_order(session, order_id)``.
+Web apps store and enqueue with ``submit_order(app, customer_id=..., items=[...],
+session=session)`` (the intake record: the order is in their transaction, and the
+relay publishes it if the broker never got it), or enqueue only, without
+``session`` or with ``app.send_task("tasks.place_order", kwargs={...})`` from any
+codebase; they read the outcome with ``get_order(session, order_id)``.
 """
 
 from typing import TYPE_CHECKING, Any

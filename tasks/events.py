@@ -1,4 +1,4 @@
-"""What the order path reports as it runs: decisions, settlements, retries, lock waits.
+"""What the order path reports as it runs: decisions, settlements, retries, lock waits, relays.
 
 `OrderEvents` is the interface; a worker injects an implementation (metrics) from
 its wiring, and `NULL_EVENTS` is the default everywhere. Implementations must be
@@ -51,6 +51,13 @@ class OrderEvents(Protocol):
         :param cause: one of `RETRY_CAUSES`.
         """
 
+    def orders_relayed(self, published: int, republished: int) -> None:
+        """One intake relay round (`tasks.relay`) published orders.
+
+        :param published: orders whose publish after their commit had failed.
+        :param republished: open orders published again (their message may be lost).
+        """
+
 
 class _NullEvents:
     """Drops every event."""
@@ -65,6 +72,9 @@ class _NullEvents:
         """Drop the event."""
 
     def task_retry(self, cause: str) -> None:
+        """Drop the event."""
+
+    def orders_relayed(self, published: int, republished: int) -> None:
         """Drop the event."""
 
 

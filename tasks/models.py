@@ -34,15 +34,22 @@ class Base(DeclarativeBase):
 
 
 class OrderStatus(enum.StrEnum):
-    """Where an order is in its life; every status but ``pending`` is terminal."""
+    """Where an order is in its life; ``accepted`` and ``pending`` are open, the rest terminal.
+
+    ``accepted``: stored by the web app's transaction (`tasks.intake`), no worker
+    has seen it yet. ``pending``: a worker recorded it and is deciding it.
+    """
 
     PENDING = "pending"
     CONFIRMED = "confirmed"
     REJECTED = "rejected"
     FAILED = "failed"
+    ACCEPTED = "accepted"
 
 
 TERMINAL = frozenset({OrderStatus.CONFIRMED, OrderStatus.REJECTED, OrderStatus.FAILED})
+#: Not decided yet: a relay may have to (re)publish these.
+OPEN = frozenset({OrderStatus.ACCEPTED, OrderStatus.PENDING})
 
 
 class Product(Base):
@@ -80,6 +87,14 @@ class Order(Base):
     lock_wait_ms: Mapped[float | None] = mapped_column(Float, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # The intake record and its relay (tasks.intake, tasks.relay): when the order's
+    # message was last published (NULL: never, or that publish failed), when a
+    # worker last took a delivery of it, and how often the relay published it.
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    delivered_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    republications: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     items: Mapped[list[OrderItem]] = relationship(
         back_populates="order", order_by="OrderItem.sku", lazy="selectin"

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 
-from tasks.models import ORDERS, OrderStatus
+from tasks.models import OPEN, ORDERS, OrderStatus
 
 #: Where the statements of this module run: a session in a transaction, or an
 #: autocommit connection (each statement its own transaction).
@@ -81,13 +81,15 @@ def record_rejected(
 def end_pending(
     session: Executor, order_id: uuid.UUID, status: OrderStatus, reason: str
 ) -> Decision | None:
-    """Move a still-pending order to ``status`` with ``reason``; a decided one is left alone.
+    """Move a still-open order to ``status`` with ``reason``; a decided one is left alone.
+
+    Open: ``pending``, or ``accepted`` (stored by the intake record, never delivered).
 
     Returns the decision when this call made it.
     """
     row = session.execute(
         update(ORDERS)
-        .where(ORDERS.c.id == order_id, ORDERS.c.status == OrderStatus.PENDING)
+        .where(ORDERS.c.id == order_id, ORDERS.c.status.in_(OPEN))
         .values(status=status, reason=reason, decided_at=datetime.now(UTC))
         .returning(ORDERS.c.created_at, ORDERS.c.decided_at)
     ).one_or_none()

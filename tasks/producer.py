@@ -14,8 +14,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tasks.errors import BrokerUnavailable
+from tasks.intake import accept_order
 from tasks.models import Order, OrderStatus
-from tasks.validation import TASK_NAME, parse_order
+from tasks.validation import TASK_NAME, parse_order, parse_order_id
 
 #: How kombu retries publishing one order before the producer reports the broker
 #: unavailable (connection retries, not order retries).
@@ -46,20 +47,32 @@ def submit_order(
     customer_id: str,
     items: Sequence[Mapping[str, Any]],
     order_id: str | None = None,
+    session: Session | None = None,
 ) -> str:
     """Validate an order locally, enqueue ``tasks.place_order`` and return the order id.
 
     Reuse ``order_id`` to resubmit safely: the worker moves stock once per id.
 
-    :raises InvalidOrder: the order would be rejected; nothing was sent.
-    :raises BrokerUnavailable: the broker did not take the message; nothing was sent.
+    With ``session`` (the web app's session, inside its transaction), the order is
+    stored there as ``accepted`` and published after that transaction commits; the
+    relay publishes it if that fails (`tasks.intake`). The broker's state does not
+    matter then. Without it, the message is published now and nothing is stored:
+    an order the broker loses is lost.
+
+    :raises InvalidOrder: the order would be rejected; nothing was sent or stored.
+    :raises OrderConflict: (with ``session``) the id is known with another payload.
+    :raises BrokerUnavailable: (without ``session``) the broker did not take the
+        message; nothing was sent.
     """
     kwargs = {
         "order_id": order_id or str(uuid.uuid4()),
         "customer_id": customer_id,
         "items": [dict(item) for item in items],
     }
-    parse_order(kwargs)
+    request = parse_order(kwargs)
+    if session is not None:
+        accept_order(app, session, request)
+        return str(request.order_id)
     try:
         app.send_task(TASK_NAME, kwargs=kwargs, retry=True, retry_policy=BROKER_PUBLISH_RETRIES)
     except OperationalError as error:
@@ -68,8 +81,14 @@ def submit_order(
 
 
 def get_order(session: Session, order_id: str | uuid.UUID) -> OrderView | None:
-    """Return the order's current view, or None if the worker has not recorded it yet."""
-    key = order_id if isinstance(order_id, uuid.UUID) else uuid.UUID(order_id)
+    """Return the order's current view, or None when no such order is stored.
+
+    An order stored by the intake record and not yet taken by a worker is ``accepted``.
+
+    :raises InvalidOrder: ``order_id`` is not a UUID (reason ``invalid_order_id``):
+        no order can have it (a web app answers 404 or 422).
+    """
+    key = order_id if isinstance(order_id, uuid.UUID) else parse_order_id(order_id)
     order = session.scalars(select(Order).where(Order.id == key)).one_or_none()
     if order is None:
         return None

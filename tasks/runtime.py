@@ -65,6 +65,8 @@ class Runtime:
     placer: OrderPlacer
     retries: TaskRetrySchedule
     events: OrderEvents = NULL_EVENTS
+    #: The relay's INTAKE_REPUBLISH_AFTER_S (see `tasks.relay`).
+    republish_after_s: float = 60.0
 
 
 class RuntimeNotConfigured(RuntimeError):

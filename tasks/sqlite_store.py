@@ -9,8 +9,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, case, insert, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
@@ -125,6 +126,8 @@ class SqliteOrderStore:
 def record_pending(executor: Executor, request: OrderRequest) -> OrderState:
     """Insert the order as pending, or count one more delivery of an existing one.
 
+    An ``accepted`` order (stored by the intake record) becomes ``pending``.
+
     :raises OrderConflict: the id exists with a different customer or cart.
     """
     values = {
@@ -138,14 +141,22 @@ def record_pending(executor: Executor, request: OrderRequest) -> OrderState:
         sqlite.insert(ORDERS)
         .values(**values)
         .on_conflict_do_update(
-            index_elements=[ORDERS.c.id], set_={"attempts": ORDERS.c.attempts + 1}
+            index_elements=[ORDERS.c.id],
+            set_={
+                "attempts": ORDERS.c.attempts + 1,
+                "delivered_at": datetime.now(UTC),
+                "status": case(
+                    (ORDERS.c.status == OrderStatus.ACCEPTED, OrderStatus.PENDING.value),
+                    else_=ORDERS.c.status,
+                ),
+            },
         )
         .returning(ORDERS.c.status, ORDERS.c.reason, ORDERS.c.payload_hash, ORDERS.c.attempts)
     )
     status, reason, payload_hash, attempts = executor.execute(statement).one()
     if payload_hash != request.payload_hash:
         raise OrderConflict(request.order_id)
-    if attempts == 1:
+    if attempts == 1 and not _has_lines(executor, request.order_id):
         executor.execute(
             insert(ORDER_ITEMS),
             [
@@ -154,3 +165,11 @@ def record_pending(executor: Executor, request: OrderRequest) -> OrderState:
             ],
         )
     return OrderState(request.order_id, OrderStatus(status), reason, attempts)
+
+
+def _has_lines(executor: Executor, order_id: uuid.UUID) -> bool:
+    """True when the order's lines are stored (the intake record stores them up front)."""
+    found = executor.execute(
+        select(ORDER_ITEMS.c.sku).where(ORDER_ITEMS.c.order_id == order_id).limit(1)
+    ).first()
+    return found is not None

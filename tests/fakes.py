@@ -350,6 +350,7 @@ class RecordingEvents:
         self.batches: list[int] = []
         self.retries: list[str] = []
         self.lock_waits: list[tuple[float, str]] = []
+        self.relayed: list[tuple[int, int]] = []
 
     def lock_acquired(self, duration_s: float, outcome: str) -> None:
         """Keep (duration, outcome)."""
@@ -370,3 +371,8 @@ class RecordingEvents:
         """Keep the cause."""
         with self._mutex:
             self.retries.append(cause)
+
+    def orders_relayed(self, published: int, republished: int) -> None:
+        """Keep (published, republished)."""
+        with self._mutex:
+            self.relayed.append((published, republished))

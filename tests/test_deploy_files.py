@@ -100,8 +100,21 @@ def _duration_s(text: str) -> float:
 
 
 def test_compose_has_every_service(compose: dict[str, Any]) -> None:
-    for name in ("broker", *LOCK_SERVICES, "postgres", "migrate", "worker", "flower"):
+    for name in ("broker", *LOCK_SERVICES, "postgres", "migrate", "worker", "beat", "flower"):
         _service(compose, name)
+
+
+def test_beat_runs_the_relay_with_the_workers_settings(compose: dict[str, Any]) -> None:
+    beat, worker = _service(compose, "beat"), _service(compose, "worker")
+    assert _command(beat)[:4] == ["celery", "-A", "worker", "beat"]
+    # Its schedule file goes where the image's non-root user may write.
+    assert any(part.startswith("--schedule=/tmp/") for part in _command(beat))
+    assert beat["environment"] == worker["environment"]
+    assert beat["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert beat["depends_on"]["broker"] == {"condition": "service_healthy"}
+    assert beat.get("restart") == "unless-stopped"
+    for name in ("INTAKE_RELAY_INTERVAL_S", "INTAKE_REPUBLISH_AFTER_S"):
+        assert name in beat["environment"]
 
 
 #: ``name:version[-variant]``; PostgreSQL (10+) numbers its releases major.minor.
@@ -411,8 +424,9 @@ def _expand_words(command: str, **env: str) -> list[str]:
 
 
 def test_procfile_has_release_worker_and_flower(procfile: dict[str, str]) -> None:
-    assert {"release", "worker", "flower"} <= procfile.keys()
+    assert {"release", "worker", "beat", "flower"} <= procfile.keys()
     assert procfile["release"].split() == ["flashsale", "db", "upgrade"]
+    assert "celery -A worker beat" in procfile["beat"]
     assert "celery -A worker worker" in procfile["worker"]
     assert "celery -A worker flower" in procfile["flower"]
 
@@ -623,11 +637,11 @@ def test_the_rabbitmq_override_points_every_broker_user_at_rabbitmq(
     assert "rabbitmq-diagnostics" in rabbitmq["healthcheck"]["test"]
     assert any(str(volume).endswith(":/var/lib/rabbitmq") for volume in rabbitmq["volumes"])
     assert "ports" not in rabbitmq, "the broker must not be published outside Compose"
-    for name in ("migrate", "worker", "flower"):
+    for name in ("migrate", "worker", "beat", "flower"):
         url = _default(_service(override, name)["environment"]["CELERY_BROKER_URL"], env_example)
         assert Settings(broker_url=url).broker_kind == "amqp", (name, url)
         assert urlsplit(url).hostname == "rabbitmq"
-    for name in ("worker", "flower"):
+    for name in ("worker", "beat", "flower"):
         condition = _service(override, name)["depends_on"]["rabbitmq"]["condition"]
         assert condition == "service_healthy"
     used = {name for name, _, _ in COMPOSE_VARIABLE.findall(RABBITMQ_OVERRIDE.read_text())}

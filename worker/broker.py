@@ -12,6 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from kombu import Queue  # type: ignore[attr-defined]
+
+from tasks.relay import RELAY_QUEUE
 from worker.settings import Settings
 
 #: The queue every order goes to (Celery's default name).
@@ -32,6 +35,16 @@ def broker_conf(settings: Settings) -> dict[str, Any]:
             "unacked_restore_throttle": 1,
         },
     }
+
+
+def order_queues(settings: Settings) -> tuple[Queue, ...]:
+    """The queues every worker consumes: the orders' (`QUEUE`) and the relay's rounds."""
+    quorum = settings.broker_kind == "amqp" and settings.broker_quorum_queues
+    arguments = {"x-queue-type": "quorum"} if quorum else None
+    return tuple(
+        Queue(name, queue_arguments=arguments)  # type: ignore[no-untyped-call]
+        for name in (QUEUE, RELAY_QUEUE)
+    )
 
 
 def _amqp_conf(settings: Settings) -> dict[str, Any]:

@@ -161,6 +161,13 @@ class WorkerMetrics:
             ["cause"],
             registry=None,
         )
+        self.relayed: Counter = Counter(
+            "flashsale_relay_publications_total",
+            "Orders the intake relay published: kind published (their publish after "
+            "commit had failed) or republished (their message may have been lost).",
+            ["kind"],
+            registry=None,
+        )
         # Pre-set the fixed label sets to 0 so every series exists from the start
         # (rate() and absent() need them) and a scrape shows every metric at once.
         for node in node_names:
@@ -172,6 +179,8 @@ class WorkerMetrics:
         for cause in RETRY_CAUSES:
             self.retries.labels(cause=cause)
         self.orders.labels(status="confirmed", reason="")
+        for kind in ("published", "republished"):
+            self.relayed.labels(kind=kind)
 
     # --- OrderEvents (tasks.events, interface B) ---------------------------------
 
@@ -194,6 +203,13 @@ class WorkerMetrics:
     def task_retry(self, cause: str) -> None:
         """Count one retry of the order task by ``cause``."""
         self.retries.labels(cause=cause).inc()
+
+    def orders_relayed(self, published: int, republished: int) -> None:
+        """Count the orders one relay round published and republished."""
+        if published:
+            self.relayed.labels(kind="published").inc(published)
+        if republished:
+            self.relayed.labels(kind="republished").inc(republished)
 
     # --- Redlock(on_node_error=...) (interface A) ---------------------------------
 

@@ -91,6 +91,10 @@ class Settings:
     db_pool_size: int = field(default=_STORE.pool_size, metadata={"env": "DB_POOL_SIZE"})
     worker_metrics_port: int = field(default=0, metadata={"env": "WORKER_METRICS_PORT"})
     log_format: str = field(default="text", metadata={"env": "LOG_FORMAT"})
+    intake_relay_interval_s: float = field(default=5.0, metadata={"env": "INTAKE_RELAY_INTERVAL_S"})
+    intake_republish_after_s: float = field(
+        default=60.0, metadata={"env": "INTAKE_REPUBLISH_AFTER_S"}
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -132,6 +136,10 @@ class Settings:
             problems.append("WORKER_METRICS_PORT must be a TCP port (0 or unset: no metrics)")
         if self.log_format not in LOG_FORMATS:
             problems.append(f"LOG_FORMAT must be one of {LOG_FORMATS}, got {self.log_format!r}")
+        if self.intake_relay_interval_s <= 0:
+            problems.append("INTAKE_RELAY_INTERVAL_S must be above 0")
+        if self.intake_republish_after_s <= self.intake_relay_interval_s:
+            problems.append("INTAKE_REPUBLISH_AFTER_S must exceed INTAKE_RELAY_INTERVAL_S")
         if self.redlock_ttl_ms <= 100:
             problems.append("REDLOCK_TTL_MS must be above 100 ms")
         if not 0 <= self.redlock_handoff_ms < self.task_soft_time_limit_s * 1000:

@@ -85,4 +85,5 @@ def build_runtime(
             max_delay_s=settings.order_retry_max_s,
         ),
         events=events,
+        republish_after_s=settings.intake_republish_after_s,
     )

@@ -79,7 +79,9 @@ def figures(engine: Engine, order_ids: Iterable[str]) -> Figures:
         )
     )
     ledger = check_ledger(engine)
-    decided = sum(int(n) for status, n in by_status.items() if status != "pending")
+    decided = sum(
+        int(n) for status, n in by_status.items() if status not in ("pending", "accepted")
+    )
     return Figures(
         orders=len(wanted),
         confirmed=int(by_status.get("confirmed", 0)),
@@ -141,7 +143,8 @@ def lock_wait_percentile(
         for (wait,) in scalar_rows(
             engine,
             "SELECT lock_wait_ms FROM orders"
-            f" WHERE status <> 'pending' AND lock_wait_ms IS NOT NULL AND {_DECIDED_IN_WINDOW}",
+            " WHERE status NOT IN ('pending', 'accepted') AND lock_wait_ms IS NOT NULL"
+            f" AND {_DECIDED_IN_WINDOW}",
             since=since,
             until=until,
         )

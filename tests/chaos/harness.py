@@ -252,4 +252,6 @@ class FlashSale:
         }
 
 
-_DECIDED_SQL = f"SELECT count(*) FROM orders WHERE status <> 'pending' AND id = {ANY_ID_SQL}"
+_DECIDED_SQL = (
+    f"SELECT count(*) FROM orders WHERE status NOT IN ('pending', 'accepted') AND id = {ANY_ID_SQL}"
+)

@@ -165,7 +165,7 @@ def _run_demo(marker: str, *args: str, **env: str) -> subprocess.CompletedProces
 
 
 def _check_summary(summary: dict[str, object], orders: int) -> None:
-    for key in ("orders", "confirmed", "rejected", "failed", "pending", "oversold"):
+    for key in ("orders", "confirmed", "rejected", "failed", "pending", "oversold", "republished"):
         assert isinstance(summary[key], int), key
     for key in ("duration_s", "orders_per_s"):
         assert isinstance(summary[key], float), key
@@ -173,6 +173,7 @@ def _check_summary(summary: dict[str, object], orders: int) -> None:
     assert summary["pending"] == 0 and summary["oversold"] == 0 and summary["unsent"] == 0
     assert summary["confirmed"] + summary["rejected"] + summary["failed"] == orders  # type: ignore[operator]
     assert summary["ledger_ok"] is True and summary["problems"] == []
+    assert summary["republished"] == 0  # the relay ran (beat) and had nothing to do
     # Demand is several times the stock: the sale sells out.
     assert summary["units_sold"] == summary["units_on_sale"]
     assert summary["confirmed"] > 0 and summary["rejected"] > 0  # type: ignore[operator]

@@ -40,6 +40,7 @@ class Audit:
     :param oversold_units: confirmed units beyond a SKU's initial stock, summed.
     :param ledger_problems: every disagreement of stock, movements and confirmed lines.
     :param lock_waits_ms: lock wait of each order decided by its own task (others are null).
+    :param republished: orders the intake relay published (``orders.republications``).
     """
 
     counts: dict[str, int]
@@ -48,6 +49,7 @@ class Audit:
     oversold_units: int
     ledger_problems: list[str]
     lock_waits_ms: list[float]
+    republished: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,9 @@ def audit_sale(engine: Engine, scope: SaleScope) -> Audit:
             select(Order.lock_wait_ms).where(mine, Order.lock_wait_ms.is_not(None))
         ).scalars()
         lock_waits_ms = sorted(float(wait) for wait in waits if wait is not None)
+        republished = connection.execute(
+            select(func.count()).where(mine, Order.republications > 0)
+        ).scalar_one()
     return Audit(
         counts=status_counts(engine, scope),
         initial_units=sum(initial for initial, _ in products.values()),
@@ -103,6 +108,7 @@ def audit_sale(engine: Engine, scope: SaleScope) -> Audit:
         oversold_units=ledger.oversold_units,
         ledger_problems=ledger.problems,
         lock_waits_ms=lock_waits_ms,
+        republished=int(republished),
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from tasks.models import OPEN
+
 
 class ProgressBar:
     """Show how many of ``total`` orders are decided.
@@ -75,4 +77,4 @@ class ProgressBar:
 
     @staticmethod
     def _decided(counts: dict[str, int]) -> int:
-        return sum(n for status, n in counts.items() if status != "pending")
+        return sum(n for status, n in counts.items() if status not in OPEN)

@@ -144,6 +144,22 @@ class LocalStack:
         self.others.append(process)
         return process
 
+    def start_beat(
+        self, *, extra_env: Mapping[str, str] | None = None, app_module: str = "worker"
+    ) -> subprocess.Popen[bytes]:
+        """Start ``celery -A <app_module> beat``, which sends the intake relay's rounds."""
+        with (self.workdir / "beat.log").open("wb") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "celery", "-A", app_module, "beat", "--loglevel=INFO",
+                    f"--schedule={self.workdir / 'beat-schedule'}",
+                ],
+                env=self.worker_env(extra_env), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self.others.append(process)
+        return process
+
     def stop(self) -> None:
         """Stop every child: workers and others first, then broker and lock nodes."""
         for worker in self.workers:

@@ -40,6 +40,7 @@ class Summary:
     :param duration_s: from the first submission until every order was decided
         (or until the timeout).
     :param timed_out: the demo stopped waiting before every order was decided.
+    :param republished: orders the intake relay published (a lost or refused message).
     """
 
     run: RunInfo
@@ -56,6 +57,7 @@ class Summary:
     timed_out: bool
     lock_waits_ms: list[float] = field(repr=False)
     ledger_problems: list[str]
+    republished: int = 0
 
     @property
     def ledger_ok(self) -> bool:
@@ -90,6 +92,7 @@ class Summary:
             "pending": self.pending,
             "unsent": self.unsent,
             "oversold": self.oversold,
+            "republished": self.republished,
             "units_on_sale": self.initial_units,
             "units_sold": self.sold_units,
             "duration_s": round(self.duration_s, 3),
@@ -125,6 +128,7 @@ class Summary:
             ("still pending", f"{self.pending}" + ("  (timed out)" if self.timed_out else "")),
             ("units sold / on sale", f"{self.sold_units} / {self.initial_units}"),
             ("oversold units", f"{self.oversold}"),
+            ("republished by the relay", f"{self.republished}"),
             ("duration", f"{self.duration_s:.1f} s"),
             ("orders per second", f"{self.orders_per_s:.0f}"),
             ("lock wait p50 / p99", waits),
@@ -183,6 +187,7 @@ def build_summary(
         timed_out=timed_out,
         lock_waits_ms=audit.lock_waits_ms,
         ledger_problems=audit.ledger_problems,
+        republished=audit.republished,
     )
 
 

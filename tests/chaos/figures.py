@@ -93,6 +93,15 @@ def figures(engine: Engine, order_ids: Iterable[str]) -> Figures:
     )
 
 
+def decided_ids(engine: Engine, ids: list[str]) -> list[str]:
+    """The ids among ``ids`` whose order has a row in a terminal status."""
+    sql = (
+        "SELECT id::text FROM orders WHERE status NOT IN ('pending', 'accepted') "
+        f"AND id = {ANY_ID_SQL}"
+    )
+    return [str(row[0]) for row in scalar_rows(engine, sql, ids=ids)]
+
+
 def assert_sound(engine: Engine, order_ids: list[str], result: Figures) -> None:
     """Fail unless nothing was lost, oversold or moved twice, and every invariant holds."""
     assert result.lost == 0, f"{result.lost} orders lost or still pending: {result}"

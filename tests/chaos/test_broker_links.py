@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import pytest
 from sqlalchemy import Engine
 
-from tests.chaos.figures import ANY_ID_SQL, assert_sound, scalar_rows
+from tests.chaos.figures import ANY_ID_SQL, assert_sound, decided_ids, scalar_rows
 from tests.chaos.harness import (
     SHORT_LIMITS,
     FlashSale,
@@ -93,12 +93,6 @@ def cut_repeatedly(proxy: TcpProxy, sale: FlashSale) -> Cuts:
         seen.resumed_s.append(round(time.monotonic() - healed_s, 2))
         time.sleep(PAUSE_S)
     return seen
-
-
-def decided_ids(engine: Engine, ids: list[str]) -> list[str]:
-    """The ids among ``ids`` whose order has a row that is no longer pending."""
-    sql = f"SELECT id::text FROM orders WHERE status <> 'pending' AND id = {ANY_ID_SQL}"
-    return [str(row[0]) for row in scalar_rows(engine, sql, ids=ids)]
 
 
 def decision_span_s(engine: Engine, ids: list[str]) -> float:

@@ -35,6 +35,7 @@ from tests.chaos.harness import SHORT_LIMITS, FlashSale, broker_backlog, stock_f
 from tests.chaos.report import Recorder
 from tests.chaos.test_broker import use_aof
 from tests.sale import producer
+from tests.spawners import kill_server
 from tests.tcp_proxy import TcpProxy
 from worker.demo.stack import LocalStack
 
@@ -178,7 +179,7 @@ def test_redis_broker_killed_and_restarted_while_workers_consume(
     def restarts(sale: FlashSale, _: Web) -> None:
         sale.wait_decided(0.15)
         for _ in range(3):
-            broker.kill()
+            kill_server(broker)
             time.sleep(1.0)
             broker.start()
             time.sleep(1.5)
@@ -261,7 +262,7 @@ def test_a_broker_restarted_empty_loses_its_queue_and_the_relay_refills_it(
     def wipe(_: FlashSale, web: Web) -> None:
         web.join()  # the whole sale is queued, then lost
         lost_queue.append(sum(broker_backlog(stack)))
-        broker.kill()
+        kill_server(broker)
         broker.start()
 
     sale, _web, result, decided_after_s = run_sale(

@@ -38,7 +38,6 @@ from locking.commands import (
 from locking.errors import (
     ConfigurationError,
     ExtensionLimitReached,
-    FenceRepairFailed,
     LeaseLost,
     NodeError,
 )
@@ -49,13 +48,12 @@ from locking.lease import Lease, ReleaseOutcome
 from locking.node import NodeHealth
 from locking.nodeset import NodeSet
 from locking.protocol import encode_command
+from locking.repair import repair_node
 from locking.timing import MAX_TTL_MS, RetryPolicy, drift_ms, validity_ms
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _DEFAULT_RETRY = RetryPolicy()
-#: How many counters one write of `Redlock.repair_node` raises (one script call).
-_REPAIR_BATCH = 500
 #: Extra time a wait for a release gives the node to answer its timeout: Redis checks
 #: blocked clients' timeouts on its timer, once per server tick (1000 / hz ms, 100 ms
 #: with the default hz 10), so a BLPOP that simply times out is answered up to a tick
@@ -316,83 +314,7 @@ class Redlock:
         :raises FenceRepairFailed: a node did not answer, another node has no status,
             or the node lost its state (or another repair took over) meanwhile.
         """
-        names = self._nodes.names
-        if name not in names:
-            raise ValueError(f"{name!r} is not one of the lock's nodes {names!r}")
-        target = names.index(name)
-        status = f"repairing {secrets.token_hex(8)}"
-        started = self._repair_step(target, [], status, "start")
-        if started == 0:
-            return 0  # trusted already
-        highest: dict[str, int] = {}
-        for index, other in enumerate(names):
-            if index == target:
-                continue
-            if self._ask(index, self._commands.fence_status(), name) is None:
-                raise FenceRepairFailed(
-                    node=name, reason=f"{other} has no fence status (it lost its state too)"
-                )
-            for resource, value in self._counters_of(index, name):
-                highest[resource] = max(value, highest.get(resource, 0))
-        raised = 0
-        resources = sorted(highest)
-        for at in range(0, len(resources), _REPAIR_BATCH):
-            batch = resources[at : at + _REPAIR_BATCH]
-            raised += self._repair_step(
-                target, batch, status, "raise", [highest[resource] for resource in batch]
-            )
-        self._repair_step(target, [], status, "finish")
-        logger.warning(
-            "Lock node %r repaired: %d fence counters raised, it vouches for them again.",
-            name,
-            raised,
-        )
-        return raised
-
-    def _ask(self, index: int, payload: bytes, repaired: str) -> object:
-        """One request to one node for `repair_node`; raise on node trouble."""
-        reply = self._nodes.ask(index, payload)
-        if isinstance(reply, NodeError):
-            raise FenceRepairFailed(node=repaired, reason=str(reply))
-        return reply
-
-    def _counters_of(self, index: int, repaired: str) -> Iterator[tuple[str, int]]:
-        """Yield every fence counter of the node at ``index``, resource and value."""
-        cursor = 0
-        while True:
-            reply = self._ask(index, self._commands.scan_counters(cursor), repaired)
-            if not (isinstance(reply, list) and len(reply) == 2):
-                raise FenceRepairFailed(node=repaired, reason=f"unexpected SCAN reply {reply!r}")
-            keys = [key for key in reply[1] if isinstance(key, bytes)]
-            if keys:
-                resources = [self._commands.resource_of(key) for key in keys]
-                values = self._ask(index, self._commands.read_counters(resources), repaired)
-                if not isinstance(values, list):
-                    raise FenceRepairFailed(node=repaired, reason=f"unexpected {values!r}")
-                for resource, value in zip(resources, values, strict=True):
-                    if isinstance(value, bytes) and value.isdigit():
-                        yield resource, int(value)
-            cursor = int(reply[0])
-            if cursor == 0:
-                return
-
-    def _repair_step(
-        self,
-        index: int,
-        resources: Sequence[str],
-        status: str,
-        step: str,
-        values: Sequence[int] = (),
-    ) -> int:
-        reply = self._ask(
-            index, self._commands.repair(resources, status, step, values), self._nodes.names[index]
-        )
-        if not isinstance(reply, int) or reply < 0:
-            raise FenceRepairFailed(
-                node=self._nodes.names[index],
-                reason="it lost its state again, or another repair took over: run it again",
-            )
-        return reply
+        return repair_node(self._nodes, self._commands, name)
 
     def wait_released(self, resources: str | Sequence[str], *, timeout_ms: float) -> bool:
         """Block until a lease on any of ``resources`` is released, or ``timeout_ms`` passes.

@@ -6,7 +6,6 @@ strict xfail until its fix landed); they stay as regression tests.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -20,7 +19,7 @@ from locking import (
     Redlock,
     RetryPolicy,
 )
-from tests.locking._support import FOREIGN, MakeRedlock
+from tests.locking._support import FOREIGN, MakeRedlock, assert_woken_by_release
 from tests.spawners import freeze_server, kill_server, thaw_server
 from worker.demo.redis_server import RedisServer
 
@@ -51,15 +50,7 @@ def test_a_release_wakes_a_waiter_on_a_node_the_holder_found_refusing(
     assert waiter._wait_nodes.suspects() == [False] * 3
     lease = holder.acquire("w", ttl_ms=30_000, retry=NO_RETRY)
     assert redis.Redis(port=lock_nodes[0].port).get("redlock:w") is None  # skipped
-    releaser = threading.Timer(0.05, holder.release, args=(lease,))
-    started = time.monotonic()
-    releaser.start()
-    try:
-        woken = waiter.wait_released("w", timeout_ms=800)
-    finally:
-        releaser.join()
-    assert woken is True
-    assert time.monotonic() - started < 0.6
+    assert_woken_by_release(holder, waiter, lease)
 
 
 def test_extend_with_a_ttl_the_nodes_refuse_leaves_the_lease_in_place(

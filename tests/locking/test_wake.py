@@ -11,7 +11,7 @@ import redis
 
 import locking.node
 from locking import Redlock, ReleaseOutcome
-from tests.locking._support import FOREIGN, MakeRedlock
+from tests.locking._support import FOREIGN, MakeRedlock, assert_woken_by_release
 from tests.spawners import freeze_server, kill_server, thaw_server
 from worker.demo.redis_server import RedisServer
 
@@ -136,15 +136,7 @@ def test_a_release_wakes_a_waiter_on_a_node_the_holder_skipped(
         thaw_server(lock_nodes[0])
     lease = holder.acquire("w", ttl_ms=30_000)
     assert clients[0].get("redlock:w") is None  # skipped
-    releaser = threading.Timer(0.05, holder.release, args=(lease,))
-    started = time.monotonic()
-    releaser.start()
-    try:
-        woken = waiter.wait_released("w", timeout_ms=800)
-    finally:
-        releaser.join()
-    assert woken is True
-    assert time.monotonic() - started < 0.6
+    assert_woken_by_release(holder, waiter, lease)
 
 
 def test_a_blocked_wait_sleeps_instead_of_spinning(

@@ -203,10 +203,9 @@ def test_redis_broker_killed_and_restarted_while_workers_consume(
         workers_alive=alive,
     )
     assert_sound(observer, sale.ids, result)
-    # Not asserted: in one loaded run a worker ended with "Unrecoverable error" on an
-    # ack after a reconnect (kombu's Redis transport raised AttributeError from its
-    # ack path inside the event loop). Its orders were still decided, by the other
-    # worker and the relay: that is this scenario's claim. See RELIABILITY.md.
+    # A late ack after a reconnect once ended a worker here (kombu raised
+    # AttributeError from its ack path); worker.request now survives it.
+    assert alive, "a worker process ended with the broker"
     assert web.slowest_s < SUBMIT_BOUND_S
 
 

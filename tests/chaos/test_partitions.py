@@ -13,39 +13,27 @@ late. The sales are short (200 orders, 1 s leases):
   its orders retry and end ``failed`` (``lock_unavailable``); once a worker with
   a quorum joins, the orders the cut worker recorded are settled by the
   holder (flat combining) or by their redelivery to it;
-- cut mid-lease: a holder (the test, as in scenario 8) is cut from every lock
-  node and from the database right after it checked its lease and sent its
-  settlement; the lease expires, the workers sell under newer fences, then the
-  links heal and the late settlement is refused by the fence guard;
 - heal: no group reaches a quorum for a few seconds, then the links heal; the
   time from the heal to the next decided order and the next probe lease is measured;
 - control: the same probes, with node 2 (the only node A and B share) wiped
-  again and again, so that the lock is broken: the lease check must find overlaps;
-- a client that gave up many acquisitions during a partition leaves no key behind
-  at the heal: each given-up acquire is followed on its connection by its release,
-  and a connection with too many replies owed is now closed before a send rather
-  than right after one, so here the held requests arrive in pairs (before, the
-  close could fall between an acquire and its release, which locked the resource
-  for one TTL after the heal). README says when a late grant can still linger.
+  again and again, so that the lock is broken: the lease check must find overlaps.
+
+Scenario 10 goes on in tests/chaos/test_partition_cut_holder.py (a holder cut
+mid-lease) and tests/chaos/test_partition_give_ups.py (a client that gave up
+acquisitions during a partition); the helpers are in tests/chaos/partition_probes.py.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
-from locking import NO_RETRY, QuorumUnavailable, Redlock, RetryPolicy
-from tasks.db import create_db_engine
-from tasks.errors import StaleFence
-from tasks.placement import COMMIT_MARGIN_MS
 from tests.chaos.figures import (
     ANY_ID_SQL,
     assert_sound,
@@ -54,25 +42,25 @@ from tests.chaos.figures import (
     figures,
     scalar_rows,
 )
-from tests.chaos.harness import FlashSale, log_lines, stock_for, wait_until
-from tests.chaos.leases import Hold, Probes, fence_inversions, overlaps
-from tests.chaos.links import Links, database_link
-from tests.chaos.report import Recorder
-from tests.chaos.test_stale_holder import (
-    product_fence,
-    retry_by_the_workers,
-    traces_of,
-    wake_up_and_settle,
+from tests.chaos.harness import log_lines, wait_until
+from tests.chaos.leases import Probes, fence_inversions, overlaps
+from tests.chaos.links import Links
+from tests.chaos.partition_probes import (
+    TTL_MS,
+    WORKER_ENV,
+    fenced_settlements,
+    first_decided_after,
+    granted_between,
+    last_decided,
+    now,
+    open_two_sided_sale,
+    sale_of,
 )
+from tests.chaos.report import Recorder
 from tests.sale import enqueue, producer
-from worker.demo.redis_server import RedisServer
-from worker.demo.stack import LocalStack, WorkerProcess
+from worker.demo.stack import LocalStack
 
 SCENARIO = "10-partition"
-ORDERS = 200
-TTL_MS = 1000
-#: Workers of every scenario here: 1 s leases, so a lapsed lease frees the SKU quickly.
-WORKER_ENV = {"REDLOCK_TTL_MS": str(TTL_MS)}
 #: A retry budget (3 retries, <= 0.4 s apart) that a lasting partition outlives.
 SHORT_BUDGET = {
     **WORKER_ENV,
@@ -87,28 +75,15 @@ PATIENT_BUDGET = {
     "ORDER_RETRY_BASE_S": "0.05",
     "ORDER_RETRY_MAX_S": "0.5",
 }
-#: Orders arrive over ~2 s, so a partition meets orders as they come.
-ARRIVALS_PER_S = 100.0
 #: Orders the minority worker gets while it is the only worker.
 MINORITY_ALONE = 10
 HEAL_AFTER_S = 2.0
 #: "Everything resumes within a second or two of healing."
 RECOVERY_BOUND_S = 2.0
-#: The holder that is cut mid-lease: a lease that lapses quickly.
-STALE_TTL_MS = 1000
 #: How long the control scenario wipes the shared node.
 CONTROL_S = 2.0
-#: Acquisitions a client gives up while cut from nodes 2 and 3: enough for its
-#: connections to them to close with more than 64 replies owed (locking/node.py).
-GIVE_UPS = 40
-#: How soon after a heal a lock that nobody holds must be free again.
-FREE_AFTER_HEAL_MS = 300.0
 #: Leases each side's probe must get while partitioned, or the scenario did not bite.
 MIN_PROBE_HOLDS = 5
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 @pytest.fixture
@@ -126,73 +101,6 @@ def probes(tmp_path: Path) -> Iterator[Probes]:
     spawned = Probes(tmp_path, ttl_ms=TTL_MS)
     yield spawned
     spawned.kill()
-
-
-def sale_of(stack: LocalStack, observer: Engine) -> FlashSale:
-    return FlashSale(stack, observer, orders=ORDERS, stock=stock_for(ORDERS))
-
-
-def start_groups(stack: LocalStack, envs: list[dict[str, str]]) -> list[WorkerProcess]:
-    """Start one worker (2 processes) per group environment, all at once."""
-    workers = [stack.start_worker(concurrency=2, extra_env=env, wait=False) for env in envs]
-    for worker in workers:
-        stack.wait_ready(worker)
-    return workers
-
-
-def open_two_sided_sale(
-    stack: LocalStack,
-    observer: Engine,
-    links: list[Links],
-    probes: Probes,
-    env: dict[str, str],
-    *,
-    decided: float,
-) -> FlashSale:
-    """Start a worker and a HOT probe per group (A1, B1), open the sale, let it run.
-
-    :param env: the workers' environment besides their group's lock nodes.
-    :param decided: the share of the orders decided before this returns.
-    """
-    sale = sale_of(stack, observer)
-    start_groups(stack, [{**env, **group.env()} for group in links])
-    for group, name in zip(links, ("A1", "B1"), strict=True):
-        probes.start(group.urls, name)
-    sale.open(rate_per_s=ARRIVALS_PER_S)
-    sale.wait_decided(decided)
-    return sale
-
-
-def first_decided_after(engine: Engine, since: datetime) -> datetime | None:
-    """When the first order was confirmed or rejected at or after ``since``."""
-    value = scalar_rows(
-        engine,
-        "SELECT min(decided_at) FROM orders"
-        " WHERE status IN ('confirmed', 'rejected') AND decided_at >= :since",
-        since=since,
-    )[0][0]
-    return value if isinstance(value, datetime) else None
-
-
-def fenced_settlements(engine: Engine) -> int:
-    """How many settlements under a lease moved stock (one fence, one transaction each)."""
-    sql = "SELECT count(*) FROM (SELECT DISTINCT fence, at FROM stock_movements) AS s"
-    return int(scalar_rows(engine, sql)[0][0])
-
-
-def last_decided(engine: Engine, ids: list[str]) -> datetime:
-    """When the last of the orders ``ids`` was decided."""
-    sql = f"SELECT max(decided_at) FROM orders WHERE id = {ANY_ID_SQL}"
-    value = scalar_rows(engine, sql, ids=ids)[0][0]
-    assert isinstance(value, datetime), value
-    return value
-
-
-def granted_between(holds: list[Hold], holders: str, since_s: float, until_s: float) -> int:
-    """How many leases probes whose name starts with ``holders`` got in [since_s, until_s]."""
-    return sum(
-        1 for h in holds if h.holder.startswith(holders) and since_s <= h.granted_s <= until_s
-    )
 
 
 def test_asymmetric_partition_keeps_hot_leases_exclusive(
@@ -320,98 +228,6 @@ def test_minority_side_decides_nothing_on_its_own(
     assert result.confirmed > 0
 
 
-def test_holder_cut_mid_lease_is_refused_by_the_fence_guard(
-    stack: LocalStack,
-    observer: Engine,
-    database_url: str,
-    links: list[Links],
-    reliability: Recorder,
-) -> None:
-    holder_links = links[0]
-    db_proxy, holder_db_url = database_link(database_url)
-    holder_engine = create_db_engine(holder_db_url, pool_size=1)
-    redlock = Redlock(holder_links.urls)
-    sale = sale_of(stack, observer)
-    payload: dict[str, object] = {
-        "order_id": str(uuid.uuid4()),
-        "customer_id": "cut-holder",
-        "items": [{"sku": "HOT", "quantity": 1}],
-    }
-    outcome: list[StaleFence | BaseException] = []
-    try:
-        with holder_engine.connect() as connection:  # its one database connection, open
-            connection.execute(text("SELECT 1"))
-        sale.start_workers(env=WORKER_ENV)
-        stale = redlock.acquire(
-            "sku:HOT", ttl_ms=STALE_TTL_MS, fence=True, retry=RetryPolicy(attempts=50)
-        )
-        assert stale.fence is not None
-        # What the order path checks right before it settles; the settlement then
-        # leaves while the lease is valid, into a partition.
-        stale.check(margin_ms=COMMIT_MARGIN_MS)
-        valid_at_send_ms = stale.remaining_ms()
-        db_proxy.partition()
-        holder_links.partition([1, 2, 3])
-        sent_s = time.monotonic()
-
-        def late_settlement() -> None:
-            try:
-                outcome.append(wake_up_and_settle(holder_engine, stale, payload))
-            except BaseException as error:  # reported by the assertions below
-                outcome.append(error)
-
-        settler = threading.Thread(target=late_settlement, name="cut-holder", daemon=True)
-        settler.start()
-        sale.open()  # the workers sell HOT once the lease lapses on the nodes
-        wait_until(
-            lambda: product_fence(observer, "HOT") > (stale.fence or 0),
-            timeout_s=60,
-            what="a newer lease to write HOT",
-        )
-        lapsed_on_nodes = all(
-            redis.Redis(host="127.0.0.1", port=node.port).get("redlock:sku:HOT")
-            != stale.token.encode()
-            for node in stack.lock_nodes
-        )
-        fence_at_heal = product_fence(observer, "HOT")
-        db_proxy.heal()
-        holder_links.heal()
-        settler.join(30)
-        late_by_s = time.monotonic() - sent_s
-        redlock.release(stale, confirm=False)  # as the order path does; its token is gone
-    finally:
-        redlock.close()
-        holder_engine.dispose()
-        db_proxy.close()
-    left_behind = traces_of(observer, payload, stale.fence)
-    retry_by_the_workers(sale, payload)
-    result = sale.finish()
-    violations = fence_violations(observer)
-    refusal = outcome[0] if outcome else None
-    reliability.record(
-        SCENARIO,
-        "Cut mid-lease: the holder loses every lock node and the database after sending "
-        "its settlement",
-        result,
-        notes=(
-            f"settlement sent with {valid_at_send_ms:.0f} ms of validity left, delivered "
-            f"{late_by_s:.1f} s later: {refusal!r}; nothing of it stayed; its order then "
-            "decided by the workers"
-        ),
-        stale_fence=stale.fence,
-        product_fence_at_heal=fence_at_heal,
-        lease_lapsed_on_nodes=lapsed_on_nodes,
-        late_by_s=round(late_by_s, 1),
-        fenced_settlements=fenced_settlements(observer),
-        fence_violations=len(violations),
-    )
-    assert isinstance(refusal, StaleFence), f"the late settlement was not refused: {refusal!r}"
-    assert lapsed_on_nodes
-    assert left_behind == (0, 0), "the cut holder's transaction left a trace"
-    assert_sound(observer, sale.ids, result)
-    assert violations == []
-
-
 def test_everything_resumes_soon_after_the_partition_heals(
     stack: LocalStack,
     observer: Engine,
@@ -526,26 +342,3 @@ def test_the_lease_check_catches_real_overlaps_when_the_shared_node_forgets(
         wipes=wiped,
     )
     assert overlapping, f"no overlap found in {len(holds)} leases with node 2 wiped"
-
-
-def test_a_client_that_gave_up_during_a_partition_leaves_no_key_behind(
-    lock_nodes: list[RedisServer],
-) -> None:
-    links = Links(lock_nodes)
-    redlock = Redlock(links.urls)
-    try:
-        redlock.release(redlock.acquire("sku:X", ttl_ms=TTL_MS))  # connections open
-        links.partition([2, 3])
-        for _ in range(GIVE_UPS):
-            with pytest.raises(QuorumUnavailable):
-                redlock.acquire("sku:X", ttl_ms=TTL_MS, fence=True, retry=NO_RETRY)
-        links.heal()
-        healed_s = time.monotonic()
-        patient = RetryPolicy(attempts=10_000, max_delay_ms=10.0, deadline_ms=3 * TTL_MS)
-        lease = redlock.acquire("sku:X", ttl_ms=TTL_MS, retry=patient)
-        free_after_ms = (time.monotonic() - healed_s) * 1000
-        redlock.release(lease)
-    finally:
-        redlock.close()
-        links.close()
-    assert free_after_ms < FREE_AFTER_HEAL_MS, f"lock free {free_after_ms:.0f} ms after the heal"

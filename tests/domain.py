@@ -227,7 +227,7 @@ def head_revision() -> str:
 TABLES = frozenset({"products", "orders", "order_items", "stock_movements"})
 
 
-def schema(url: str) -> tuple[set[str], str | None]:
+def schema(url: str) -> tuple[frozenset[str], str | None]:
     """Return the domain tables present at ``url`` and the Alembic revision stored there."""
     engine = create_db_engine(url)
     try:
@@ -240,4 +240,4 @@ def schema(url: str) -> tuple[set[str], str | None]:
                 ).scalar()
     finally:
         engine.dispose()
-    return names & TABLES, version
+    return TABLES & names, version

@@ -84,8 +84,12 @@ def cut_repeatedly(proxy: TcpProxy, sale: FlashSale) -> Cuts:
         assert before < len(sale.ids), "the sale ended before the faults: nothing to measure"
         proxy.heal()
         healed_s = time.monotonic()
+
+        def more_decided(before: int = before) -> bool:
+            return sale.decided() > before
+
         wait_until(
-            lambda before=before: sale.decided() > before,
+            more_decided,
             timeout_s=60,
             what="an order decided",
             poll_s=0.02,

@@ -101,8 +101,12 @@ def restart_repeatedly(stack: LocalStack, sale: FlashSale) -> list[float]:
         back_s = time.monotonic()
         before = sale.decided()
         assert before < len(sale.ids), "the sale ended before the faults: nothing to measure"
+
+        def more_decided(before: int = before) -> bool:
+            return sale.decided() > before
+
         wait_until(
-            lambda before=before: sale.decided() > before,
+            more_decided,
             timeout_s=60,
             what="an order decided after the restart",
             poll_s=0.02,

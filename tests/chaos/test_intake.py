@@ -178,7 +178,7 @@ def test_redis_broker_killed_and_restarted_while_workers_consume(
 
     def restarts(sale: FlashSale, _: Web) -> None:
         sale.wait_decided(0.15)
-        for _ in range(3):
+        for _restart in range(3):  # `_` is the Web argument above
             kill_server(broker)
             time.sleep(1.0)
             broker.start()

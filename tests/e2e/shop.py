@@ -66,7 +66,8 @@ class Shop:
     def drained(self) -> bool:
         assert self.stack.broker is not None
         with redis.Redis(port=self.stack.broker.port) as broker:
-            return broker.llen("celery") == 0 and broker.hlen("unacked") == 0
+            # redis-py annotates both counts as its untyped response type.
+            return int(broker.llen("celery")) == 0 and int(broker.hlen("unacked")) == 0
 
     def set_stock(self, sku: str, quantity: int) -> None:
         """Restock a SKU as an operator would (the ledger stays true)."""

@@ -46,7 +46,7 @@ def sell(stack: LocalStack, engine: Engine, *, orders: int, env: dict[str, str])
                 app,
                 order_id=str(cart["order_id"]),
                 customer_id=str(cart["customer_id"]),
-                items=cart["items"],  # type: ignore[arg-type]
+                items=cart["items"],
             )
             for cart in carts
         ]

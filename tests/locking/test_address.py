@@ -113,9 +113,15 @@ def test_address_of_a_redis_py_client() -> None:
     ],
 )
 def test_address_of_a_tls_client_keeps_its_verification_mode(
-    cert_reqs: object, expected: str
+    cert_reqs: str | ssl.VerifyMode | None, expected: str
 ) -> None:
-    client = redis.Redis(host="127.0.0.1", port=7005, ssl=True, ssl_cert_reqs=cert_reqs)
+    # None is accepted by redis-py at run time, though its annotation leaves it out.
+    client = redis.Redis(
+        host="127.0.0.1",
+        port=7005,
+        ssl=True,
+        ssl_cert_reqs=cert_reqs,  # type: ignore[arg-type]
+    )
     try:
         address = NodeAddress.from_client(client)
     finally:
@@ -126,7 +132,7 @@ def test_address_of_a_tls_client_keeps_its_verification_mode(
 
 def test_address_of_something_else_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match=r"not a redis\.Redis client"):
-        NodeAddress.from_client(object())
+        NodeAddress.from_client(object())  # type: ignore[arg-type]  # not a client, on purpose
     client = redis.Redis(unix_socket_path="/tmp/redis.sock")
     try:
         with pytest.raises(ConfigurationError, match="unix-socket"):

@@ -7,6 +7,7 @@ never leaves its token behind after a release, and raises only `LockError`s.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import socket
 import threading
@@ -51,7 +52,9 @@ def timed(call: Callable[[], object]) -> tuple[object, float]:
     return result, time.monotonic() - started
 
 
-def our_tokens_left(clients: list[redis.Redis], tokens: set[bytes]) -> list[tuple[int, bytes]]:
+def our_tokens_left(
+    clients: list[redis.Redis], tokens: set[bytes]
+) -> list[tuple[int, bytes | str]]:
     """Every (node index, key) that still holds one of ``tokens``."""
     found = []
     for index, client in enumerate(clients):
@@ -147,7 +150,7 @@ def test_one_frozen_node_costs_one_read_timeout_then_is_skipped(
             lease, elapsed = timed(lambda: redlock.acquire("f", ttl_ms=10_000, retry=NO_RETRY))
             assert isinstance(lease, Lease)
             tokens.add(lease.token.encode())
-            outcome, release_elapsed = timed(lambda lease=lease: redlock.release(lease))
+            outcome, release_elapsed = timed(functools.partial(redlock.release, lease))
             assert outcome is ReleaseOutcome.RELEASED
             assert elapsed < 0.5 and release_elapsed < 0.5  # < half the read timeout
     # Thawed, the node runs the late SET and then, on the same connection, its release.

@@ -6,7 +6,7 @@ import contextlib
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -45,7 +45,9 @@ def child_cycles(redlock: Redlock, resource: str, count: int) -> None:
 
 
 @contextlib.contextmanager
-def forked(target: object, *args: object) -> Iterator[multiprocessing.process.BaseProcess]:
+def forked(
+    target: Callable[..., object], *args: object
+) -> Iterator[multiprocessing.process.BaseProcess]:
     process = FORK.Process(target=target, args=args)
     process.start()
     try:

@@ -24,7 +24,7 @@ from worker.demo.redis_server import RedisServer
 SUBSETS = [subset for size in range(4) for subset in itertools.combinations(range(3), size)]
 
 
-def lock_keys(clients: list[redis.Redis]) -> list[list[bytes]]:
+def lock_keys(clients: list[redis.Redis]) -> list[list[bytes | str]]:
     return [sorted(client.keys("redlock:*")) for client in clients]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -120,6 +121,6 @@ def test_default_patience_is_bounded() -> None:
         ({"deadline_ms": math.nan}, "deadline_ms"),
     ],
 )
-def test_invalid_retry_policies_are_refused(options: dict[str, float], message: str) -> None:
+def test_invalid_retry_policies_are_refused(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RetryPolicy(**options)

@@ -53,7 +53,7 @@ def test_upgrade_twice_is_harmless(empty_database_url: str) -> None:
 def test_downgrade_to_base_and_upgrade_again_on_postgresql(empty_database_url: str) -> None:
     upgrade(empty_database_url)
     downgrade(empty_database_url, "base")
-    assert schema(empty_database_url) == (set(), None)
+    assert schema(empty_database_url) == (frozenset(), None)
     assert enum_types(empty_database_url) == []
     upgrade(empty_database_url)
     assert schema(empty_database_url) == (TABLES, head_revision())
@@ -66,7 +66,7 @@ def test_upgrade_and_downgrade_on_a_sqlite_file(tmp_path: Path) -> None:
     assert schema(url) == (TABLES, head_revision())
     assert_no_model_diff(url)
     downgrade(url, "base")
-    assert schema(url) == (set(), None)
+    assert schema(url) == (frozenset(), None)
     upgrade(url)
     assert schema(url) == (TABLES, head_revision())
 

@@ -51,7 +51,7 @@ def test_db_upgrade_and_downgrade(empty_database_url: str) -> None:
     assert flashsale("db", "upgrade", env=env).returncode == 0
     assert schema(empty_database_url) == (TABLES, head_revision())
     assert flashsale("db", "downgrade", "base", env=env).returncode == 0
-    assert schema(empty_database_url) == (set(), None)
+    assert schema(empty_database_url) == (frozenset(), None)
 
 
 def test_stock_creates_a_product(database_url: str, engine: Engine) -> None:

@@ -108,7 +108,8 @@ def test_a_killed_pool_process_loses_nothing_it_counted(tmp_path: Path) -> None:
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(tmp_path))
+    # prometheus_client leaves this constructor unannotated.
+    MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
     samples: Samples = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for sample in family.samples:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ BROKER = "redis://127.0.0.1:6379/0"
 NODES = ("redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003")
 
 
-def safe(**changes: object) -> Settings:
+def safe(**changes: Any) -> Settings:
     """A configuration a worker may run with, changed by ``changes``."""
     return dataclasses.replace(Settings(broker_url=BROKER, redlock_nodes=NODES), **changes)
 

@@ -117,13 +117,26 @@ def _path_stats(app: Celery) -> None:
 
     out_dir = Path(os.environ.get("BENCH_STATS_DIR", "."))
 
+    phase = {"name": ""}
+
     def count(key: str, by: float = 1) -> None:
+        key = phase["name"] + key
         PATH_STATS[key] = PATH_STATS.get(key, 0) + by
 
     def dump() -> None:
         (out_dir / f"path-{os.getpid()}.json").write_text(json.dumps(PATH_STATS))
 
     place, acquire, wait = OrderPlacer.place, Redlock.acquire, Redlock.wait_released
+    recorded_wait = OrderPlacer._wait
+
+    def waiting_recorded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # Counters of the recorded order's wait loop get the prefix "recorded:".
+        phase["name"] = "recorded:"
+        try:
+            return recorded_wait(self, *args, **kwargs)
+        finally:
+            phase["name"] = ""
+
     release = Redlock.release
     state, record, settle = (
         PostgresOrderStore.state,
@@ -136,7 +149,7 @@ def _path_stats(app: Celery) -> None:
             return place(self, request)
         finally:
             count("orders")
-            if PATH_STATS["orders"] % 50 == 0:
+            if PATH_STATS.get("orders", 0) % 50 == 0:
                 dump()
 
     def acquired(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -175,6 +188,7 @@ def _path_stats(app: Celery) -> None:
         return result
 
     OrderPlacer.place = placed  # type: ignore[method-assign]
+    OrderPlacer._wait = waiting_recorded  # type: ignore[method-assign]
     Redlock.acquire = acquired  # type: ignore[method-assign]
     Redlock.wait_released = waited  # type: ignore[method-assign]
     Redlock.release = released  # type: ignore[method-assign]
@@ -191,7 +205,16 @@ def _barge(app: Celery) -> None:
     RecentlyContended.is_contended = lambda self, resources: False  # type: ignore[method-assign]
 
 
+def _core_statements(app: Celery) -> None:
+    # The settlement step through SQLAlchemy Core, as before the driver's cursor.
+    from bench.statement_cpu import core_one_row
+    from tasks.pg_store import PostgresOrderStore
+
+    PostgresOrderStore._one_row = core_one_row  # type: ignore[method-assign,assignment]
+
+
 PATCHES: dict[str, Callable[[Celery], None]] = {
+    "corestatements": _core_statements,
     "barge": _barge,
     "pathstats": _path_stats,
     "waitspin": _wait_spin,

@@ -31,12 +31,17 @@ from tests.pg import create_database, drop_database
 from tests.sale import seed_products
 
 
+def core_one_row(store: PostgresOrderStore, sql: str, params: dict[str, Any]) -> Any:
+    """`PostgresOrderStore._one_row` of the settlement step through SQLAlchemy Core (before)."""
+    with store._statement() as connection:
+        return connection.execute(PLACE_FUNCTION, params).one()
+
+
 class CoreStore(PostgresOrderStore):
     """The store with the settlement run through SQLAlchemy Core, as before."""
 
     def _one_row(self, sql: str, params: dict[str, Any]) -> Any:
-        with self._statement() as connection:
-            return connection.execute(PLACE_FUNCTION, params).one()
+        return core_one_row(self, sql, params)
 
 
 def cpu_per_step_us(store: PostgresOrderStore, orders: int) -> float:

@@ -64,7 +64,8 @@ class OrderPlacer:
         guard alone (benchmarks only: the guard stays correct, contention is higher).
     :param policy: lock TTL and in-task wait.
     :param events: where decisions, settlements and lock waits are reported.
-    :param known_skus_capacity: SKUs remembered as existing (see `tasks.known_skus`).
+    :param known_skus_capacity: SKUs remembered as existing (see `tasks.known_skus`),
+        and SKU sets remembered as recently refused (see `tasks.contended`).
     """
 
     def __init__(
@@ -221,12 +222,12 @@ class OrderPlacer:
     def _handoff(
         self, lock: OrderLock, resources: list[str], request: OrderRequest
     ) -> Lease | None:
-        """Ask for the lock, then wait for releases (without recording) until it is
-        ours or `LockPolicy.handoff_ms` is up.
+        """Get the lock at once, or handed over by a release within `LockPolicy.handoff_ms`.
 
-        SKUs refused recently are waited for before the first request: on a hot SKU
-        the request would be refused (a round to every node for nothing; 2x2 hot,
-        before: 1.33 refused requests per order, each followed by a wait anyway).
+        Nothing is recorded here. SKUs refused recently are waited for before the
+        first request: on a hot SKU it would be refused (a round to every node for
+        nothing; 2x2, hot SKU: 1.25-1.34 refused requests per order before, 0.24-0.33
+        after, bench/results/2026-12-01-path-counters.json).
         """
         handoff_ms = self._policy.handoff_ms
         deadline_s = time.monotonic() + handoff_ms / 1000

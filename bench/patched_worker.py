@@ -213,7 +213,36 @@ def _core_statements(app: Celery) -> None:
     PostgresOrderStore._one_row = core_one_row  # type: ignore[method-assign,assignment]
 
 
+def _record_sleep(app: Celery) -> None:
+    """A recorded order sleeps its backoff instead of blocking on a release wake-up.
+
+    A candidate, not the product: a woken recorded order that finds itself decided
+    uses up the release's only wake-up, which a waiter not yet recorded needed.
+    """
+    from locking import Lease
+    from tasks.errors import TryLater
+    from tasks.models import TERMINAL
+    from tasks.placement import OrderPlacer
+
+    def wait(self: OrderPlacer, lock: Any, resources: list[str], request: Any) -> Any:
+        retry = self._policy.retry_in_task
+        for attempt in range(1, retry.attempts):
+            time.sleep(max(retry.delay_ms(attempt, self._rng), 1.0) / 1000)
+            state = self.state_of(request)
+            if state.status in TERMINAL:
+                return state
+            lease: Lease | None = self._try_acquire(lock, resources, request)
+            if lease is not None:
+                return lease
+        raise TryLater(
+            request.order_id, "lock_contended", f"lock contended after {retry.attempts} attempts"
+        )
+
+    OrderPlacer._wait = wait  # type: ignore[method-assign]
+
+
 PATCHES: dict[str, Callable[[Celery], None]] = {
+    "recordsleep": _record_sleep,
     "corestatements": _core_statements,
     "barge": _barge,
     "pathstats": _path_stats,

@@ -16,6 +16,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 
@@ -100,7 +101,151 @@ def _wait_spin(app: Celery) -> None:
     locking.node.Node.read = read  # type: ignore[method-assign]
 
 
+#: Per process: what the order path did (see `_path_stats`).
+PATH_STATS: dict[str, float] = {}
+
+
+def _path_stats(app: Celery) -> None:
+    """Count the order path's steps per process: acquires, waits, polls, statements.
+
+    Wraps `OrderPlacer` and `Redlock` methods (bench only); the counters go to
+    ``$BENCH_STATS_DIR/path-<pid>.json`` every 50 orders.
+    """
+    from locking import Redlock
+    from tasks.pg_store import PostgresOrderStore
+    from tasks.placement import OrderPlacer
+
+    out_dir = Path(os.environ.get("BENCH_STATS_DIR", "."))
+
+    phase = {"name": ""}
+
+    def count(key: str, by: float = 1) -> None:
+        key = phase["name"] + key
+        PATH_STATS[key] = PATH_STATS.get(key, 0) + by
+
+    def dump() -> None:
+        (out_dir / f"path-{os.getpid()}.json").write_text(json.dumps(PATH_STATS))
+
+    place, acquire, wait = OrderPlacer.place, Redlock.acquire, Redlock.wait_released
+    recorded_wait = OrderPlacer._wait
+
+    def waiting_recorded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # Counters of the recorded order's wait loop get the prefix "recorded:".
+        phase["name"] = "recorded:"
+        try:
+            return recorded_wait(self, *args, **kwargs)
+        finally:
+            phase["name"] = ""
+
+    release = Redlock.release
+    state, record, settle = (
+        PostgresOrderStore.state,
+        PostgresOrderStore.record,
+        PostgresOrderStore.settle,
+    )
+
+    def placed(self: Any, request: Any) -> Any:
+        try:
+            return place(self, request)
+        finally:
+            count("orders")
+            if PATH_STATS.get("orders", 0) % 50 == 0:
+                dump()
+
+    def acquired(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            lease = acquire(self, *args, **kwargs)
+        except Exception:
+            count("acquire_refused")
+            raise
+        count("acquire_granted")
+        return lease
+
+    def waited(self: Any, *args: Any, **kwargs: Any) -> Any:
+        woken = wait(self, *args, **kwargs)
+        count("wait_woken" if woken else "wait_timeout")
+        return woken
+
+    def released(self: Any, *args: Any, **kwargs: Any) -> Any:
+        count("release")
+        return release(self, *args, **kwargs)
+
+    def stated(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = state(self, *args, **kwargs)
+        count("state_poll")
+        count("state_poll_decided", result.status.value != "pending")
+        return result
+
+    def recorded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        count("record")
+        return record(self, *args, **kwargs)
+
+    def settled(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = settle(self, *args, **kwargs)
+        count("settle")
+        count("settle_decisions", len(result.decisions))
+        count("settle_nothing", not result.decisions)
+        return result
+
+    OrderPlacer.place = placed  # type: ignore[method-assign]
+    OrderPlacer._wait = waiting_recorded  # type: ignore[method-assign]
+    Redlock.acquire = acquired  # type: ignore[method-assign]
+    Redlock.wait_released = waited  # type: ignore[method-assign]
+    Redlock.release = released  # type: ignore[method-assign]
+    PostgresOrderStore.state = stated  # type: ignore[method-assign]
+    PostgresOrderStore.record = recorded  # type: ignore[method-assign]
+    PostgresOrderStore.settle = settled  # type: ignore[method-assign]
+
+
+def _barge(app: Celery) -> None:
+    # Every order asks for the lock at once, also on a SKU refused a moment ago (the
+    # old way): `tasks.contended` never reports a contended SKU.
+    from tasks.contended import RecentlyContended
+
+    RecentlyContended.is_contended = lambda self, resources: False  # type: ignore[method-assign]
+
+
+def _core_statements(app: Celery) -> None:
+    # The settlement step through SQLAlchemy Core, as before the driver's cursor.
+    from bench.statement_cpu import core_one_row
+    from tasks.pg_store import PostgresOrderStore
+
+    PostgresOrderStore._one_row = core_one_row  # type: ignore[method-assign,assignment]
+
+
+def _record_sleep(app: Celery) -> None:
+    """A recorded order sleeps its backoff instead of blocking on a release wake-up.
+
+    A candidate, not the product: a woken recorded order that finds itself decided
+    uses up the release's only wake-up, which a waiter not yet recorded needed.
+    """
+    from locking import Lease
+    from tasks.errors import TryLater
+    from tasks.models import TERMINAL
+    from tasks.placement import OrderPlacer
+
+    def wait(self: OrderPlacer, lock: Any, resources: list[str], request: Any) -> Any:
+        retry = self._policy.retry_in_task
+        for attempt in range(1, retry.attempts):
+            time.sleep(max(retry.delay_ms(attempt, self._rng), 1.0) / 1000)
+            state = self.state_of(request)
+            if state.status in TERMINAL:
+                return state
+            lease: Lease | None = self._try_acquire(lock, resources, request)
+            if lease is not None:
+                return lease
+        raise TryLater(
+            request.order_id, "lock_contended", f"lock contended after {retry.attempts} attempts"
+        )
+
+    OrderPlacer._wait = wait  # type: ignore[method-assign]
+
+
 PATCHES: dict[str, Callable[[Celery], None]] = {
+    "recordsleep": _record_sleep,
+    "corestatements": _core_statements,
+    "barge": _barge,
+    "pathstats": _path_stats,
     "waitspin": _wait_spin,
     "nospin": _no_spin,
     "noevents": _no_events,

@@ -7,9 +7,10 @@ shared with the in-memory fake is in test_store_contract.py.
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, text, update
+from sqlalchemy.exc import NoResultFound
 
-from tasks.errors import OrderConflict, OverBudget, StaleFence
+from tasks.errors import DatabaseUnavailable, OrderConflict, OverBudget, StaleFence
 from tasks.models import OrderStatus, Product
 from tasks.orders import OrderState
 from tasks.store import OrderStore
@@ -129,3 +130,49 @@ def test_an_order_delivered_too_often_fails_in_either_step(
     )
     assert outcome(fourth.state) == (OrderStatus.FAILED, "too_many_attempts")
     assert stock(engine) == {"A": 2}
+
+
+#: The PostgreSQL store runs its settlement on the driver's cursor: its errors must
+#: come out as they do from SQLAlchemy's statements.
+ON_POSTGRESQL = pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
+
+
+@ON_POSTGRESQL
+def test_a_settlement_on_a_lost_connection_is_unavailable_then_runs_on_a_fresh_one(
+    store: OrderStore, engine: Engine
+) -> None:
+    seed_products(engine, {"A": 2})
+    first = request({"A": 1})
+    store.settle(first, record=True, fence=1, lease_token="a", wait_ms=None, budget_ms=None)
+    with engine.connect() as connection:  # the store's pooled connection dies under it
+        ended = connection.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    assert ended >= 1
+    order = request({"A": 1})
+    with pytest.raises(DatabaseUnavailable):
+        store.settle(order, record=True, fence=2, lease_token="b", wait_ms=None, budget_ms=None)
+    settled = store.settle(
+        order, record=True, fence=2, lease_token="b", wait_ms=None, budget_ms=None
+    )
+    assert outcome(settled.state) == (OrderStatus.CONFIRMED, None)
+    assert stock(engine) == {"A": 0}
+
+
+@ON_POSTGRESQL
+def test_a_settlement_error_that_is_not_an_outage_comes_out_as_the_driver_error(
+    store: OrderStore, engine: Engine
+) -> None:
+    seed_products(engine, {"A": 2})
+    order = request({"A": 1})
+    # Never recorded and not recorded now: the step finds no such order.
+    with pytest.raises(NoResultFound):
+        store.settle(order, record=False, fence=1, lease_token="a", wait_ms=None, budget_ms=None)
+    assert outcome(
+        store.settle(
+            order, record=True, fence=1, lease_token="a", wait_ms=None, budget_ms=None
+        ).state
+    ) == (OrderStatus.CONFIRMED, None)

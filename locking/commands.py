@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from locking.errors import LockContended, NodeError, QuorumUnavailable
 from locking.fencing import Report, Trust
+from locking.lease import ReleaseOutcome
 from locking.protocol import encode_command
 from locking.scripts import (
     ACQUIRE_FENCED,
@@ -104,6 +105,10 @@ class Commands:
         timeout_s = f"{max(timeout_ms, 1.0) / 1000:.3f}"
         return encode_command(["BLPOP", *wakes, timeout_s])
 
+    def wait_keys(self, names: Sequence[str]) -> bytes:
+        """What identifies a wait for ``names`` whatever its timeout (`Node.wait`)."""
+        return "\0".join(self._wake_prefix + name for name in names).encode()
+
     def _keys(self, names: Sequence[str]) -> list[str]:
         return [self._key_prefix + name for name in names]
 
@@ -146,6 +151,34 @@ def _report(reply: object, tag: bytes, lowest: int) -> Report | None:
 
 
 _TRUST = {int(trust): trust for trust in Trust}
+
+
+def release_outcome(
+    replies: list[object], *, keys: int, quorum: int
+) -> tuple[ReleaseOutcome, bool]:
+    """Return what a confirmed release's replies mean, and whether a node said a waiter
+    took the previous release's wake-up (`RELEASE`).
+
+    :param keys: how many lock keys the lease has.
+    :param quorum: how many nodes make a majority.
+    """
+    reports = [_release_report(reply) for reply in replies]
+    released = sum(1 for count, _ in reports if count == keys)
+    failed = sum(1 for reply in replies if isinstance(reply, NodeError))
+    if released >= quorum:
+        outcome = ReleaseOutcome.RELEASED
+    elif released + failed < quorum:
+        outcome = ReleaseOutcome.EXPIRED
+    else:
+        outcome = ReleaseOutcome.UNCONFIRMED
+    return outcome, any(taken for _, taken in reports)
+
+
+def _release_report(reply: object) -> tuple[int, bool]:
+    """Keys released and whether a waiter took a wake-up; (0, False) for any other reply."""
+    if isinstance(reply, list) and len(reply) == 2 and all(type(x) is int for x in reply):
+        return reply[0], reply[1] == 1
+    return 0, False
 
 
 def resource_names(resources: str | Sequence[str]) -> tuple[str, ...]:

@@ -162,23 +162,21 @@ def release_outcome(
     :param keys: how many lock keys the lease has.
     :param quorum: how many nodes make a majority.
     """
-    reports = [_release_report(reply) for reply in replies]
-    released = sum(1 for count, _ in reports if count == keys)
-    failed = sum(1 for reply in replies if isinstance(reply, NodeError))
+    released = failed = 0
+    taken = False
+    for reply in replies:
+        if type(reply) is int:  # -1 - released when a waiter took a wake-up (`RELEASE`)
+            taken = taken or reply < 0
+            released += (reply if reply >= 0 else -1 - reply) == keys
+        elif isinstance(reply, NodeError):
+            failed += 1
     if released >= quorum:
         outcome = ReleaseOutcome.RELEASED
     elif released + failed < quorum:
         outcome = ReleaseOutcome.EXPIRED
     else:
         outcome = ReleaseOutcome.UNCONFIRMED
-    return outcome, any(taken for _, taken in reports)
-
-
-def _release_report(reply: object) -> tuple[int, bool]:
-    """Keys released and whether a waiter took a wake-up; (0, False) for any other reply."""
-    if isinstance(reply, list) and len(reply) == 2 and all(type(x) is int for x in reply):
-        return reply[0], reply[1] == 1
-    return 0, False
+    return outcome, taken
 
 
 def resource_names(resources: str | Sequence[str]) -> tuple[str, ...]:

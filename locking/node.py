@@ -130,8 +130,11 @@ class Node:
         :param spin: poll the socket for up to `SPIN_S` before sleeping; False for
             replies that are expected to take long (a blocked wait for a release).
         """
-        reply = self._read(deadline, spin, late_ok=False)
-        self._report(reply)
+        reply = self._read(deadline, spin, False)
+        if isinstance(reply, NodeError):
+            self.health.failed(reply)
+        else:
+            self.health.answered()
         return reply
 
     def wait(self, payload: bytes, *, resume: bytes, until: float) -> object:
@@ -153,19 +156,16 @@ class Node:
                 if error is not None:
                     return error
                 self._blocked_on = resume
-            reply = self._read(until, False, late_ok=True)
+            reply = self._read(until, False, True)
             if reply is _STILL_BLOCKED:
                 return None
             self._blocked_on = b""
-            self._report(reply)
+            if isinstance(reply, NodeError):
+                self.health.failed(reply)
+            else:
+                self.health.answered()
             if reply is not None or time.monotonic() >= until:
                 return reply
-
-    def _report(self, reply: object) -> None:
-        if isinstance(reply, NodeError):
-            self.health.failed(reply)
-        else:
-            self.health.answered()
 
     def drop_if_owed(self) -> None:
         """Close the connection if a command on it still awaits its reply.
@@ -255,7 +255,7 @@ class Node:
             return False
         return True
 
-    def _read(self, deadline: float, spin: bool, *, late_ok: bool) -> object:
+    def _read(self, deadline: float, spin: bool, late_ok: bool) -> object:
         sock = self._sock
         if sock is None or self._busy or self._in_flight == 0 or self._pid != os.getpid():
             return NodeError(self.name, "no reply to read: not connected", kind="closed")

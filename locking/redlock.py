@@ -153,8 +153,8 @@ class Redlock:
     ) -> Lease:
         """Acquire one lease over every resource, retrying after a jittered backoff.
 
-        While the lock is held elsewhere, a backoff is a wait for its release, which
-        ends it early (`RetryPolicy.wake_on_release`, `locking.waiting`).
+        With `RetryPolicy.wake_on_release`, while the lock is held elsewhere a
+        backoff is a wait for its release, which ends it early (`locking.waiting`).
 
         :param resources: one resource name or several (all-or-nothing).
         :param ttl_ms: how long the nodes keep the lease, in milliseconds (an int

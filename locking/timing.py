@@ -69,7 +69,12 @@ class RetryPolicy:
     :param wake_on_release: while the lock is held elsewhere, spend each backoff
         waiting for its release (`Redlock.wait_released`), which ends the backoff
         at once, instead of sleeping through it; the backoff stays the longest
-        wait. False sleeps every backoff out.
+        wait. Off by default: with 8 processes on one key and a one-INCR critical
+        section on 2 loaded cores it was fairer (max/min 1.1-1.2 against 1.5-1.9)
+        but slower (0.48-0.93 of the sleeping backoff's acquisitions/s in three
+        recorded runs, bench/results/2026-12-01-lock.md): each wake-up is one more
+        process to schedule. Meant for holders that keep the lock longer than the
+        backoff's ceilings (not measured).
 
     The defaults (10 attempts, as the reference implementation) wait about 75 ms on
     average before giving up (at most ~150 ms) when no release ends a backoff. The cap
@@ -87,7 +92,7 @@ class RetryPolicy:
     base_delay_ms: float = 1.0
     max_delay_ms: float = 30.0
     deadline_ms: float | None = None
-    wake_on_release: bool = True
+    wake_on_release: bool = False
 
     def __post_init__(self) -> None:
         if self.attempts < 1:

@@ -86,9 +86,10 @@ class Waits:
         """Wait ``delay_s`` at most, ended early by a release of ``names``; True if woken.
 
         The wait is cut at ``delay_s`` on this side: a node answers a BLPOP's own
-        timeout up to a server tick late when it is otherwise idle (100 ms measured
-        with the default hz 10, for 1-50 ms timeouts; 0.5-2 ms late on a node that
-        serves other commands), which would stretch every backoff. The BLPOP then
+        timeout up to a server tick late when it is otherwise idle (100 ms with the
+        default hz 10, whatever the timeout; about on time on a node that serves
+        other commands), which would stretch every backoff
+        (tests/locking/test_acquire_wakes.py checks that it does not). The BLPOP then
         stays blocked on its node and the next backoff of the same resources waits
         on it again (`Node.wait`); a release it catches meanwhile is not lost, it
         wakes that next backoff. Its own timeout is 1 ms shorter than the backoff,
@@ -141,11 +142,11 @@ class Waits:
         waited, wait for a release (at most ``wait_s``) instead of racing the waiter
         that release woke; True if it did.
 
-        Without it the releaser, already running, wins that race nearly every time:
-        the woken waiter's attempt fails (or splits the votes, and both retry), the
-        wake-up is spent, and the lock stays with the releaser. Measured with 8
-        processes on one key (2 loaded cores): 1.3 wake-ups per acquisition, most of
-        them followed by a failed attempt. The wait ends at once when nobody took
+        Without it the releaser, already running, usually wins that race: the woken
+        waiter's attempt fails (or splits the votes, and both retry), the wake-up is
+        spent, and the lock stays with the releaser (in an exploratory run with 8
+        processes on one key, not a recorded benchmark, there were about 1.3
+        wake-ups per acquisition and 3-4 attempts). The wait ends at once when nobody took
         this lock's own release's wake-up (a BLPOP that finds it), so it costs one
         round trip to one node when nobody was waiting after all. Only a lock that
         had to wait for its lease gives way: "taken" also means a wake-up that

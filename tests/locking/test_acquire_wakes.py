@@ -1,4 +1,4 @@
-"""`Redlock.acquire`'s backoff is a wait for a release: a release ends it early."""
+"""`RetryPolicy(wake_on_release=True)`: acquire's backoff is a wait that a release ends."""
 
 from __future__ import annotations
 
@@ -20,7 +20,12 @@ class _Ceiling(random.Random):
         return b
 
 
+_WAKING = RetryPolicy(attempts=100, wake_on_release=True)
+_WAKING_300 = RetryPolicy(attempts=2, max_delay_ms=300, wake_on_release=True)
+
+
 def _fixed(delay_ms: float, *, attempts: int, wake: bool = True) -> RetryPolicy:
+    """A backoff of ``delay_ms`` every time (with `_Ceiling`)."""
     return RetryPolicy(
         attempts=attempts, base_delay_ms=delay_ms, max_delay_ms=delay_ms, wake_on_release=wake
     )
@@ -103,7 +108,9 @@ def test_a_releaser_acquiring_again_gives_way_when_its_release_woke_a_waiter(
     for client in clients:
         client.set("redlock:w", FOREIGN, px=100)
     holder, waiter = make_redlock(), make_redlock()
-    lease = holder.acquire("w", ttl_ms=30_000, retry=RetryPolicy(attempts=100))  # waits
+    lease = holder.acquire(
+        "w", ttl_ms=30_000, retry=RetryPolicy(attempts=100, wake_on_release=True)
+    )  # waits
     woken: list[bool] = []
     thread = threading.Thread(
         target=lambda: woken.append(waiter.wait_released("w", timeout_ms=5000))
@@ -113,7 +120,9 @@ def test_a_releaser_acquiring_again_gives_way_when_its_release_woke_a_waiter(
     holder.release(lease)
     thread.join()
     started = time.monotonic()
-    again = holder.acquire("w", ttl_ms=30_000, retry=RetryPolicy(attempts=2, max_delay_ms=300))
+    again = holder.acquire(
+        "w", ttl_ms=30_000, retry=RetryPolicy(attempts=2, max_delay_ms=300, wake_on_release=True)
+    )
     assert woken == [True]
     assert time.monotonic() - started >= 0.25
     holder.release(again)
@@ -135,6 +144,8 @@ def test_a_releaser_that_did_not_wait_acquires_again_at_once(
     holder.release(lease)
     thread.join()
     started = time.monotonic()
-    again = holder.acquire("w", ttl_ms=30_000, retry=RetryPolicy(attempts=2, max_delay_ms=300))
+    again = holder.acquire(
+        "w", ttl_ms=30_000, retry=RetryPolicy(attempts=2, max_delay_ms=300, wake_on_release=True)
+    )
     assert time.monotonic() - started < 0.2
     holder.release(again)

@@ -19,7 +19,9 @@ contended critical section) and measures, side by side:
   several rounds, so that the noise of a shared machine hits all of them alike;
 * contended: N processes on one key for S seconds each, every holder doing one
   INCR on the fourth server: acquisitions/s and per-worker fairness (max/min), for
-  ours (default backoff 1/30 ms; 2/50 ms; and 5/200 ms, the defaults before) and
+  ours (the library's blocking ``acquire``: default backoff 1/30 ms; the same with
+  ``wake_on_release``, each backoff a wait that a release ends; 2/50 ms; and
+  5/200 ms, the defaults before) and
   redis-py's Lock, all blocking until they get the lock; the configurations run
   interleaved, --repeats times, and the table shows the median run of each.
 
@@ -247,6 +249,10 @@ def ratios(uncontended: dict[str, Any], contended: dict[str, Any]) -> dict[str, 
             contended["ours"]["ops_per_s"] / contended["redis-py"]["ops_per_s"], 2
         ),
         "ours_fairness_max_over_min": contended["ours"]["fairness_max_over_min"],
+        "ours_wake_contended_over_ours_contended": round(
+            contended["ours-wake"]["ops_per_s"] / contended["ours"]["ops_per_s"], 2
+        ),
+        "ours_wake_fairness_max_over_min": contended["ours-wake"]["fairness_max_over_min"],
         "ours_2_50_fairness_max_over_min": contended["ours-2/50"]["fairness_max_over_min"],
         "ours_5_200_fairness_max_over_min": contended["ours-5/200"]["fairness_max_over_min"],
         "redis_py_fairness_max_over_min": contended["redis-py"]["fairness_max_over_min"],

@@ -19,14 +19,17 @@ from locking import Redlock, RetryPolicy
 
 #: TTL of every benchmark lease (long: the benchmark never lets one lapse).
 TTL_MS = 10_000
-#: Contended acquisitions of ours: retry for as long as it takes, with the given backoff.
+#: Contended acquisitions of ours: the library's blocking acquire, retrying for as long as
+#: it takes, with the given backoff.
 CONTENDED_POLICIES = {
     "ours": RetryPolicy(attempts=1_000_000),  # the default backoff (1 ms, capped at 30 ms)
+    # The same, each backoff a wait that a release ends (and the releaser giving way):
+    "ours-wake": RetryPolicy(attempts=1_000_000, wake_on_release=True),
     "ours-2/50": RetryPolicy(attempts=1_000_000, base_delay_ms=2.0, max_delay_ms=50.0),
     # The defaults before the fairness fix:
     "ours-5/200": RetryPolicy(attempts=1_000_000, base_delay_ms=5.0, max_delay_ms=200.0),
 }
-CONTENDED_KINDS = ("ours", "ours-2/50", "ours-5/200", "redis-py")
+CONTENDED_KINDS = ("ours", "ours-wake", "ours-2/50", "ours-5/200", "redis-py")
 
 
 def contended_worker(

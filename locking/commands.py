@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from locking.errors import LockContended, NodeError, QuorumUnavailable
 from locking.fencing import Report, Trust
+from locking.lease import ReleaseOutcome
 from locking.protocol import encode_command
 from locking.scripts import (
     ACQUIRE_FENCED,
@@ -104,6 +105,10 @@ class Commands:
         timeout_s = f"{max(timeout_ms, 1.0) / 1000:.3f}"
         return encode_command(["BLPOP", *wakes, timeout_s])
 
+    def wait_keys(self, names: Sequence[str]) -> bytes:
+        """What identifies a wait for ``names`` whatever its timeout (`Node.wait`)."""
+        return "\0".join(self._wake_prefix + name for name in names).encode()
+
     def _keys(self, names: Sequence[str]) -> list[str]:
         return [self._key_prefix + name for name in names]
 
@@ -146,6 +151,32 @@ def _report(reply: object, tag: bytes, lowest: int) -> Report | None:
 
 
 _TRUST = {int(trust): trust for trust in Trust}
+
+
+def release_outcome(
+    replies: list[object], *, keys: int, quorum: int
+) -> tuple[ReleaseOutcome, bool]:
+    """Return what a confirmed release's replies mean, and whether a node said a waiter
+    took the previous release's wake-up (`RELEASE`).
+
+    :param keys: how many lock keys the lease has.
+    :param quorum: how many nodes make a majority.
+    """
+    released = failed = 0
+    taken = False
+    for reply in replies:
+        if type(reply) is int:  # -1 - released when a waiter took a wake-up (`RELEASE`)
+            taken = taken or reply < 0
+            released += (reply if reply >= 0 else -1 - reply) == keys
+        elif isinstance(reply, NodeError):
+            failed += 1
+    if released >= quorum:
+        outcome = ReleaseOutcome.RELEASED
+    elif released + failed < quorum:
+        outcome = ReleaseOutcome.EXPIRED
+    else:
+        outcome = ReleaseOutcome.UNCONFIRMED
+    return outcome, taken
 
 
 def resource_names(resources: str | Sequence[str]) -> tuple[str, ...]:

@@ -30,17 +30,15 @@ import os
 import select
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Callable
 
 import hiredis
 
 from locking.address import NodeAddress
+from locking.connect import RECV_BYTES, error_kind, handshake, open_socket, wrap_tls
 from locking.errors import NodeError
-from locking.protocol import encode_command
+from locking.health import NodeHealth
 from locking.resolver import Resolver
-from locking.scripts import ALL_SCRIPTS
 
 logger = logging.getLogger(__name__)
 
@@ -48,57 +46,8 @@ logger = logging.getLogger(__name__)
 MAX_OWED_REPLIES = 64
 #: How long a read polls the socket without sleeping before it waits in poll().
 SPIN_S = 0.0002
-_RECV_BYTES = 65536
-#: Error replies that mean the credentials or the ACL user's permissions, not the node.
-_AUTH_REPLIES = ("WRONGPASS", "NOAUTH", "NOPERM", "ERR AUTH", "ERR invalid password")
-
-
-class NodeHealth:
-    """Whether one node answers; each change is logged once and every error reported.
-
-    Shared by every connection to the node (the lock's and the waits'), so a state
-    change is logged once whichever connection saw it.
-
-    :param name: the node's display name (``host:port``, never the password).
-    :param on_error: called with every `NodeError` met while contacting the node;
-        an exception it raises is logged and swallowed.
-    """
-
-    def __init__(self, name: str, on_error: Callable[[NodeError], None] | None = None) -> None:
-        self.name = name
-        self._on_error = on_error
-        self._down = False
-        self._lock = threading.Lock()
-
-    @property
-    def down(self) -> bool:
-        """True from an error until the node's next timely answer."""
-        return self._down
-
-    def failed(self, error: NodeError) -> None:
-        """Record an error: log the first one of an outage, report every one."""
-        with self._lock:
-            changed, self._down = not self._down, True
-        if changed:
-            logger.warning("Lock node %r is down (%s): %s", self.name, error.kind, error.reason)
-        if self._on_error is not None:
-            try:
-                self._on_error(error)
-            except Exception:
-                logger.exception("The lock's on_node_error callback failed for %r.", self.name)
-
-    def answered(self) -> None:
-        """Record a timely answer: log the end of an outage."""
-        if not self._down:
-            return
-        with self._lock:
-            changed, self._down = self._down, False
-        if changed:
-            logger.info("Lock node %r is up again.", self.name)
-
-    def reset_after_fork(self) -> None:
-        """Give a forked child a fresh lock (a parent thread may have held this one)."""
-        self._lock = threading.Lock()
+#: What a read that may run late returns when no reply came (None is a nil reply).
+_STILL_BLOCKED = object()
 
 
 class Node:
@@ -130,6 +79,7 @@ class Node:
         self._reader = hiredis.Reader()
         self._in_flight = 0
         self._busy = False
+        self._blocked_on = b""  # the `wait` whose blocking command is in flight
         self._pid = os.getpid()
         self._suspect_until = 0.0
         self._suspect_kind = ""
@@ -180,12 +130,42 @@ class Node:
         :param spin: poll the socket for up to `SPIN_S` before sleeping; False for
             replies that are expected to take long (a blocked wait for a release).
         """
-        reply = self._read(deadline, spin)
+        reply = self._read(deadline, spin, False)
         if isinstance(reply, NodeError):
             self.health.failed(reply)
         else:
             self.health.answered()
         return reply
+
+    def wait(self, payload: bytes, *, resume: bytes, until: float) -> object:
+        """Send a blocking command, or resume the one an earlier call left waiting.
+
+        Returns its reply (or a `NodeError`), or None when none came by ``until``:
+        the command stays blocked, neither late nor an error, and the next call with
+        the same ``resume`` waits for it again rather than queue another behind it
+        (`locking.waiting`); one that timed out on the node meanwhile is sent again.
+
+        :param payload: the blocking command (BLPOP), with its own timeout.
+        :param resume: what identifies the command across calls (its keys).
+        :param until: ``time.monotonic()`` value at which the caller stops waiting.
+        """
+        while True:
+            if not (self.in_flight == 1 and self._blocked_on == resume):
+                self.drop_if_owed()  # another command may still block the connection
+                error = self.send(payload)
+                if error is not None:
+                    return error
+                self._blocked_on = resume
+            reply = self._read(until, False, True)
+            if reply is _STILL_BLOCKED:
+                return None
+            self._blocked_on = b""
+            if isinstance(reply, NodeError):
+                self.health.failed(reply)
+            else:
+                self.health.answered()
+            if reply is not None or time.monotonic() >= until:
+                return reply
 
     def drop_if_owed(self) -> None:
         """Close the connection if a command on it still awaits its reply.
@@ -206,6 +186,7 @@ class Node:
         self._in_flight = 0
         self._pid = os.getpid()
         self._busy = False
+        self._blocked_on = b""
 
     def _send(self, payload: bytes) -> NodeError | None:
         if self._busy:  # an exception interrupted a step: the count cannot be trusted
@@ -257,7 +238,7 @@ class Node:
                 if tls:
                     sock.settimeout(0.0)
                 try:
-                    data = sock.recv(_RECV_BYTES)
+                    data = sock.recv(RECV_BYTES)
                 except (BlockingIOError, ssl.SSLWantReadError):
                     return True
                 finally:
@@ -274,7 +255,7 @@ class Node:
             return False
         return True
 
-    def _read(self, deadline: float, spin: bool) -> object:
+    def _read(self, deadline: float, spin: bool, late_ok: bool) -> object:
         sock = self._sock
         if sock is None or self._busy or self._in_flight == 0 or self._pid != os.getpid():
             return NodeError(self.name, "no reply to read: not connected", kind="closed")
@@ -295,7 +276,7 @@ class Node:
                             # EVALSHA on this connection would fail: log in again on the
                             # next use, which loads the scripts. Nothing else is owed.
                             self.close()
-                        return NodeError(self.name, f"redis error: {reply}", kind=_kind_of(reply))
+                        return NodeError(self.name, f"redis error: {reply}", kind=error_kind(reply))
                     return reply
                 self._busy = False
                 if not self._receive(sock, deadline, spin):
@@ -303,6 +284,8 @@ class Node:
                     return NodeError(self.name, "connection closed by the node", kind="closed")
         except TimeoutError:
             self._busy = False
+            if late_ok:
+                return _STILL_BLOCKED
             return self._suspected(NodeError(self.name, "timed out", kind="timeout"))
         except OSError as error:
             self.close()
@@ -335,7 +318,7 @@ class Node:
             # `_feed`, inlined: this loop turns once per empty recv() while spinning.
             self._busy = True
             try:
-                data = sock.recv(_RECV_BYTES)
+                data = sock.recv(RECV_BYTES)
             except BlockingIOError:
                 self._busy = False
             else:
@@ -352,7 +335,7 @@ class Node:
     def _feed(self, sock: socket.socket) -> bool:
         """Move one recv() worth of bytes into the parser, as one busy step."""
         self._busy = True
-        data = sock.recv(_RECV_BYTES)
+        data = sock.recv(RECV_BYTES)
         if data:
             self._reader.feed(data)
         self._busy = False
@@ -365,7 +348,7 @@ class Node:
         return error
 
     def _os_error(self, step: str, error: OSError) -> NodeError:
-        kind = _kind_of(error)
+        kind = error_kind(error)
         node_error = NodeError(self.name, f"{step}: {error.strerror or error}", kind=kind)
         if kind in ("timeout", "refused", "unresolvable"):
             self._suspected(node_error)
@@ -381,13 +364,13 @@ class Node:
         deadline = time.monotonic() + self._connect_timeout_s
         address = self.address
         try:
-            raw = self._open(deadline)
+            raw = open_socket(self._resolver, deadline, self._connect_timeout_s)
         except OSError as error:
             raise self._suspected(self._os_error("connect failed", error)) from None
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock = _wrap_tls(raw, address) if address.tls else raw
-            self._handshake(sock, deadline)
+            sock = wrap_tls(raw, address) if address.tls else raw
+            handshake(sock, address, self.name, deadline)
             if not isinstance(sock, ssl.SSLSocket):
                 # Non-blocking: sends never hang on a frozen node, reads spin then poll.
                 sock.setblocking(False)
@@ -404,7 +387,7 @@ class Node:
             ) from None
         except (OSError, ssl.SSLError) as error:
             raw.close()
-            kind = "io" if isinstance(error, ssl.SSLError) else _kind_of(error)
+            kind = "io" if isinstance(error, ssl.SSLError) else error_kind(error)
             raise self._suspected(
                 NodeError(self.name, f"handshake failed: {error}", kind=kind)
             ) from None
@@ -413,79 +396,3 @@ class Node:
             raise
         self._sock = sock
         return sock
-
-    def _open(self, deadline: float) -> socket.socket:
-        """Connect to the first of the host's addresses that accepts, by ``deadline``."""
-        last: OSError = socket.gaierror(socket.EAI_FAIL, "no address")
-        for family, kind, proto, _, sockaddr in self._resolver.addresses(self._connect_timeout_s):
-            remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0:
-                raise TimeoutError("connect timed out")
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.settimeout(remaining_s)
-                sock.connect(sockaddr)
-            except OSError as error:
-                sock.close()
-                last = error
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-        raise last
-
-    def _handshake(self, sock: socket.socket, deadline: float) -> None:
-        address = self.address
-        commands: list[list[bytes | str | int]] = []
-        if address.password is not None:
-            login = [address.username] if address.username else []
-            commands.append(["AUTH", *login, address.password])
-        elif address.username:
-            raise NodeError(self.name, "an ACL user needs a password", kind="auth")
-        if address.db:
-            commands.append(["SELECT", address.db])
-        commands.extend(["SCRIPT", "LOAD", script.body] for script in ALL_SCRIPTS)
-        sock.settimeout(max(0.001, deadline - time.monotonic()))
-        sock.sendall(b"".join(encode_command(command) for command in commands))
-        reader = hiredis.Reader()
-        for command in commands:
-            reply = reader.gets()
-            while reply is False:
-                sock.settimeout(max(0.001, deadline - time.monotonic()))
-                data = sock.recv(_RECV_BYTES)
-                if not data:
-                    raise NodeError(self.name, "connection closed during login", kind="closed")
-                reader.feed(data)
-                reply = reader.gets()
-            if isinstance(reply, hiredis.ReplyError):
-                # The reply names the failure (WRONGPASS, NOAUTH...) but never the secret.
-                kind = "auth" if command[0] == "AUTH" else _kind_of(reply)
-                raise NodeError(self.name, f"{command[0]!s} refused: {reply}", kind=kind)
-
-
-def _kind_of(error: BaseException) -> str:
-    """Return the `NodeError.kind` of a socket error or an error reply."""
-    if isinstance(error, hiredis.ReplyError):
-        return "auth" if str(error).startswith(_AUTH_REPLIES) else "redis_error"
-    if isinstance(error, socket.gaierror):
-        return "unresolvable"
-    if isinstance(error, TimeoutError):
-        return "timeout"
-    if isinstance(error, ConnectionRefusedError):
-        return "refused"
-    if isinstance(error, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
-        return "closed"
-    return "io"
-
-
-def _wrap_tls(raw: socket.socket, address: NodeAddress) -> socket.socket:
-    context = ssl.create_default_context(cafile=address.ssl_ca_certs)
-    if address.ssl_cert_reqs != "required":
-        context.check_hostname = False
-        context.verify_mode = (
-            ssl.CERT_NONE if address.ssl_cert_reqs == "none" else ssl.CERT_OPTIONAL
-        )
-    if address.ssl_certfile:
-        context.load_cert_chain(address.ssl_certfile, address.ssl_keyfile)
-    return context.wrap_socket(raw, server_hostname=address.host)

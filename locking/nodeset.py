@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 from locking.address import NodeAddress
 from locking.fanout import Suspects, fan_out
-from locking.node import Node, NodeHealth
+from locking.health import NodeHealth
+from locking.node import Node
 from locking.timing import quorum
 
 
@@ -124,6 +125,30 @@ class NodeSet:
                     except BaseException:
                         node.close()  # the blocked command goes with its connection
                         raise
+        return None
+
+    def wait_one(
+        self, payload: bytes, *, resume: bytes, until_s: float, skip: Sequence[bool]
+    ) -> object:
+        """Wait on the first node not skipped for the reply to a blocking command (`Node.wait`).
+
+        Returns the reply or a `NodeError`; None when no reply came by ``until_s`` (a
+        ``time.monotonic()`` value) or no node took the command.
+
+        :param resume: identifies the command, so that one an earlier call left
+            blocked on that node is waited on again instead of sent twice.
+        :param skip: per node, whether the caller distrusts it now.
+        """
+        with self.io_lock:
+            now = time.monotonic()
+            for node, skipped in zip(self._nodes, skip, strict=True):
+                if skipped or node.is_suspect(now):
+                    continue
+                try:
+                    return node.wait(payload, resume=resume, until=until_s)
+                except BaseException:
+                    node.close()  # the blocked command goes with its connection
+                    raise
         return None
 
     def close(self) -> None:

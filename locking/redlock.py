@@ -29,37 +29,27 @@ from locking.address import NodeSpec, lock_addresses
 from locking.clock import lease_clock
 from locking.commands import (
     Commands,
-    counter_report,
     fence_report,
     is_grant,
     refusal,
+    release_outcome,
     resource_names,
 )
-from locking.errors import (
-    ConfigurationError,
-    ExtensionLimitReached,
-    LeaseLost,
-    NodeError,
-)
+from locking.errors import ConfigurationError, ExtensionLimitReached, LeaseLost, NodeError
 from locking.fanout import Suspects
-from locking.fencing import Plan, Report, plan
+from locking.fence_rounds import commit_fence, decide_fence
+from locking.health import NodeHealth
 from locking.keepalive import KeepAlive
 from locking.lease import Lease, ReleaseOutcome
-from locking.node import NodeHealth
 from locking.nodeset import NodeSet
 from locking.protocol import encode_command
 from locking.repair import repair_node
-from locking.timing import MAX_TTL_MS, RetryPolicy, drift_ms, validity_ms
+from locking.timing import RetryPolicy, check_ttl, drift_ms, validity_ms
+from locking.waiting import Waits
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _DEFAULT_RETRY = RetryPolicy()
-#: Extra time a wait for a release gives the node to answer its timeout: Redis checks
-#: blocked clients' timeouts on its timer, once per server tick (1000 / hz ms, 100 ms
-#: with the default hz 10), so a BLPOP that simply times out is answered up to a tick
-#: late. Without this slack such a late nil reply was taken for a silent node (3 of 20
-#: unwoken 20 ms waits on an idle machine were reported as node timeouts).
-WAIT_REPLY_SLACK_MS = 150
 
 
 class Redlock:
@@ -130,7 +120,13 @@ class Redlock:
             read_timeout_s=read_timeout_ms / 1000,
             health=self._nodes.health,
         )
-        self._read_timeout_s = read_timeout_ms / 1000
+        self._waits = Waits(
+            self._wait_nodes,
+            self._commands,
+            read_timeout_s=read_timeout_ms / 1000,
+            clock=clock,
+            sleep=sleep,
+        )
         self._retry = retry
         self._max_extensions = max_extensions
         self._clock = clock
@@ -155,7 +151,10 @@ class Redlock:
         fence: bool = False,
         retry: RetryPolicy | None = None,
     ) -> Lease:
-        """Acquire one lease over every resource, retrying with jittered backoff.
+        """Acquire one lease over every resource, retrying after a jittered backoff.
+
+        With `RetryPolicy.wake_on_release`, while the lock is held elsewhere a
+        backoff is a wait for its release, which ends it early (`locking.waiting`).
 
         :param resources: one resource name or several (all-or-nothing).
         :param ttl_ms: how long the nodes keep the lease, in milliseconds (an int
@@ -168,13 +167,19 @@ class Redlock:
         :raises QuorumUnavailable: too many nodes failed on the last attempt.
         """
         names = resource_names(resources)
-        _check_ttl(ttl_ms)
+        check_ttl(ttl_ms)
         policy = retry or self._retry
         started_s = self._clock()
         replies: list[object] = []
+        gave_way = (
+            policy.wake_on_release
+            and policy.attempts > 1
+            and self._waits.give_way(names, policy.max_delay_ms / 1000, skip=self._nodes.suspects)
+        )
         for attempt in range(1, policy.attempts + 1):
             outcome = self._attempt(names, ttl_ms=ttl_ms, fence=fence)
             if isinstance(outcome, Lease):
+                self._waits.note_acquired(names, waited=gave_way or attempt > 1)
                 return outcome
             replies = outcome
             delay_s = policy.delay_ms(attempt, self._rng) / 1000
@@ -182,8 +187,12 @@ class Redlock:
                 left_s = policy.deadline_ms / 1000 - (self._clock() - started_s)
                 if left_s <= delay_s:
                     break
-            if attempt < policy.attempts:
-                self._sleep(delay_s)
+            if attempt < policy.attempts:  # not after node failures: may leave no wake-up
+                failed = sum(1 for reply in replies if isinstance(reply, NodeError))
+                if policy.wake_on_release and failed <= len(replies) - self._quorum:
+                    self._waits.back_off(names, delay_s, skip=self._nodes.suspects())
+                else:
+                    self._sleep(delay_s)
         raise refusal(names, attempt, replies, fence=fence, quorum=self._quorum)
 
     def extend(self, lease: Lease, *, ttl_ms: int | None = None) -> Lease:
@@ -198,7 +207,7 @@ class Redlock:
         :raises LeaseLost: the lease expired or no quorum still held it.
         """
         ttl_ms = lease.ttl_ms if ttl_ms is None else ttl_ms
-        _check_ttl(ttl_ms)
+        check_ttl(ttl_ms)
         lease.check()
         if lease.extensions >= self._max_extensions:
             raise ExtensionLimitReached(
@@ -239,14 +248,8 @@ class Redlock:
             lease.release_outcome = ReleaseOutcome.SENT
             return ReleaseOutcome.SENT
         replies = self._nodes.round(payload, Suspects.SEND)
-        released = sum(1 for reply in replies if reply == len(lease.resources))
-        failed = sum(1 for reply in replies if isinstance(reply, NodeError))
-        if released >= self._quorum:
-            outcome = ReleaseOutcome.RELEASED
-        elif released + failed < self._quorum:
-            outcome = ReleaseOutcome.EXPIRED
-        else:
-            outcome = ReleaseOutcome.UNCONFIRMED
+        outcome, taken = release_outcome(replies, keys=len(lease.resources), quorum=self._quorum)
+        self._waits.note_release(lease.resources, taken=taken)
         lease.release_outcome = outcome
         return outcome
 
@@ -319,35 +322,23 @@ class Redlock:
     def wait_released(self, resources: str | Sequence[str], *, timeout_ms: float) -> bool:
         """Block until a lease on any of ``resources`` is released, or ``timeout_ms`` passes.
 
-        A wake-up call for waiters instead of sleeping through a backoff, not a
-        grant: call `acquire` next. Every release leaves one wake-up per resource on
-        each node it reaches where the resource is free afterwards, also on nodes
-        the holder had skipped (a one-element list, kept `locking.commands.WAKE_TTL_MS`), which
-        one blocked waiter takes, first come first served. This waits on one node,
-        the first trusted one that takes the request; when none can, it sleeps the
-        timeout instead. Returns True when woken by a release, False on timeout or
-        node trouble. A node answers a wait that timed out up to one server tick
-        late, so the node counts as late only `WAIT_REPLY_SLACK_MS` plus the read
-        timeout after ``timeout_ms``.
+        A wake-up call for waiters instead of sleeping through a backoff, not a grant:
+        call `acquire` next. Every release leaves one wake-up per resource on each node
+        it reaches where the resource is free afterwards, also on nodes the holder had
+        skipped (a one-element list, kept `locking.commands.WAKE_TTL_MS`), which one
+        blocked waiter takes, first come first served. This waits on one node, the first
+        trusted one that takes the request; when none can, it sleeps the timeout
+        instead. Returns True when woken by a release, False on timeout or node trouble.
+        A node answers a wait that timed out up to one server tick late, so the node
+        counts as late only `locking.waiting.WAIT_REPLY_SLACK_MS` plus the read timeout
+        after ``timeout_ms``.
 
         :param timeout_ms: the longest wait, in milliseconds.
         """
         names = resource_names(resources)
         if not timeout_ms > 0:
             raise ValueError(f"timeout_ms must be positive, got {timeout_ms!r}")
-        started_s = self._clock()
-        reply = self._wait_nodes.ask_one(
-            self._commands.wait_released(names, timeout_ms),
-            reply_within_s=(timeout_ms + WAIT_REPLY_SLACK_MS) / 1000 + self._read_timeout_s,
-            skip=self._nodes.suspects(),
-        )
-        if isinstance(reply, list):
-            return True
-        # Node trouble must not turn a caller's wait loop into a busy loop.
-        left_s = timeout_ms / 1000 - (self._clock() - started_s)
-        if left_s > 0:
-            self._sleep(left_s)
-        return False
+        return self._waits.wait_released(names, timeout_ms=timeout_ms, skip=self._nodes.suspects())
 
     def ping(self) -> dict[str, NodeError | None]:
         """Return, per node name, None when it answers PING, else its error."""
@@ -378,14 +369,14 @@ class Redlock:
         fence_value: int | None = None
         committed = True
         if granted >= self._quorum and fence:
-            decided = self._fence(names, reports, granting)
+            decided = decide_fence(self._nodes, self._commands, names, reports, granting)
             if decided is None:
                 committed = False  # the grants are released below; the next attempt may tell
             else:
                 fence_value = decided.fence
                 if decided.write_back:
                     # A failed write-back still leaves the grants on the nodes: released below.
-                    committed = self._commit_fence(names, token, decided)
+                    committed = commit_fence(self._nodes, self._commands, names, token, decided)
         valid_ms = validity_ms(ttl_ms, (self._clock() - started_s) * 1000)
         if granted >= self._quorum and committed and valid_ms > 0:
             return Lease(
@@ -405,53 +396,3 @@ class Redlock:
         ):
             self._nodes.round(self._commands.release(names, token), Suspects.SEND)
         return replies
-
-    def _fence(
-        self, names: tuple[str, ...], reports: list[Report | None], granting: list[bool]
-    ) -> Plan | None:
-        """Decide the fence of a granted lease, reading the other nodes' counters if needed.
-
-        Returns None when too few nodes answered to decide it safely (`fencing.plan`).
-        """
-        decided = plan(reports, granting, read_all=False)
-        if decided is None:
-            # Fewer than a majority of the granting nodes vouch for their counters
-            # (one lost its state): a majority of trusted counters must be read.
-            reads = self._nodes.round(self._commands.read_fence(names), Suspects.SKIP)
-            for index, reply in enumerate(reads):
-                if not granting[index]:
-                    reports[index] = counter_report(reply)
-            decided = plan(reports, granting, read_all=True)
-            if decided is None:
-                logger.warning(
-                    "Fence of %r not decided: too few lock nodes answered that vouch for "
-                    "their counters; the attempt is given up.",
-                    names,
-                )
-                return None
-        if not decided.backed:
-            logger.warning(
-                "Fence %r of %r is not backed by a majority of trusted counters: "
-                "it may be lower than an earlier one (see locking.fencing).",
-                decided.fence,
-                names,
-            )
-        return decided
-
-    def _commit_fence(self, names: tuple[str, ...], token: str, decided: Plan) -> bool:
-        payload = self._commands.commit_fence(names, token, decided.fence, decided.status)
-        replies = self._nodes.round(payload, Suspects.SKIP)
-        return sum(1 for reply in replies if reply == 1) >= self._quorum
-
-
-def _check_ttl(ttl_ms: object) -> None:
-    """Raise `ValueError` unless ``ttl_ms`` is an int TTL larger than its drift and at
-    most `MAX_TTL_MS`."""
-    if (
-        not isinstance(ttl_ms, int)
-        or isinstance(ttl_ms, bool)
-        or not drift_ms(ttl_ms) < ttl_ms <= MAX_TTL_MS
-    ):
-        raise ValueError(
-            f"ttl_ms must be an int larger than the drift and at most {MAX_TTL_MS}, got {ttl_ms!r}"
-        )

@@ -45,6 +45,19 @@ def validity_ms(ttl_ms: int, elapsed_ms: float) -> float:
     return ttl_ms - elapsed_ms - drift_ms(ttl_ms)
 
 
+def check_ttl(ttl_ms: object) -> None:
+    """Raise `ValueError` unless ``ttl_ms`` is an int TTL larger than its drift and at
+    most `MAX_TTL_MS`."""
+    if (
+        not isinstance(ttl_ms, int)
+        or isinstance(ttl_ms, bool)
+        or not drift_ms(ttl_ms) < ttl_ms <= MAX_TTL_MS
+    ):
+        raise ValueError(
+            f"ttl_ms must be an int larger than the drift and at most {MAX_TTL_MS}, got {ttl_ms!r}"
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """How an acquisition retries: bounded count, capped exponential backoff, full jitter.
@@ -53,23 +66,33 @@ class RetryPolicy:
     :param base_delay_ms: the backoff ceiling before the second attempt.
     :param max_delay_ms: the cap on any one sleep.
     :param deadline_ms: optional bound on the whole acquisition, sleeps included.
+    :param wake_on_release: while the lock is held elsewhere, spend each backoff
+        waiting for its release (`Redlock.wait_released`), which ends the backoff
+        at once, instead of sleeping through it; the backoff stays the longest
+        wait. Off by default: with 8 processes on one key and a one-INCR critical
+        section on 2 loaded cores it was fairer (max/min 1.1-1.2 against 1.5-1.9)
+        but slower (0.48-0.93 of the sleeping backoff's acquisitions/s in three
+        recorded runs, bench/results/2026-12-01-lock.md): each wake-up is one more
+        process to schedule. Meant for holders that keep the lock longer than the
+        backoff's ceilings (not measured).
 
-    The defaults (10 attempts, as the reference implementation) wait about 75 ms
-    on average before giving up (at most ~150 ms). The cap is low on purpose: the
-    holder that just released retries at once while a waiter's ceiling grows with
-    its failures, so with a high cap the lock stays with whoever holds it and the
-    longest waiters sleep longest. Measured with 8 processes on one key for 3-5 s
-    on 2 shared cores, max/min acquisitions per process: 2.1-28, median ~5, with
-    the former 5/200 ms (39 runs); 1.4-5.8, median ~2, with 2/50 ms (34 runs);
-    1.3-2.8, median ~1.6, at most 2 in 28 of 32 runs, with 1/20-30 ms, for the
-    same throughput within the noise. Callers that expect contention should pass
-    more attempts rather than a higher cap. See the Lock section of BENCHMARKS.md.
+    The defaults (10 attempts, as the reference implementation) wait about 75 ms on
+    average before giving up (at most ~150 ms) when no release ends a backoff. The cap
+    is low on purpose: the holder that just released retries at once while a waiter's
+    ceiling grows with its failures, so with a high cap the lock stays with whoever
+    holds it and the longest waiters sleep longest. Measured with 8 processes on one key
+    for 3-5 s on 2 shared cores, max/min acquisitions per process: 2.1-28, median ~5,
+    with the former 5/200 ms (39 runs); 1.4-5.8, median ~2, with 2/50 ms (34 runs);
+    1.3-2.8, median ~1.6, at most 2 in 28 of 32 runs, with 1/20-30 ms, for the same
+    throughput within the noise. Callers that expect contention should pass more
+    attempts rather than a higher cap. See the Lock section of BENCHMARKS.md.
     """
 
     attempts: int = 10
     base_delay_ms: float = 1.0
     max_delay_ms: float = 30.0
     deadline_ms: float | None = None
+    wake_on_release: bool = False
 
     def __post_init__(self) -> None:
         if self.attempts < 1:

@@ -6,6 +6,7 @@ with redlock.lock("sku:42", ttl_ms=5000) as lease:
 """
 
 from locking.address import NodeAddress, redact_url
+from locking.commands import MAX_WAKES
 from locking.errors import (
     NODE_ERROR_KINDS,
     ConfigurationError,
@@ -23,6 +24,7 @@ from locking.redlock import Redlock
 from locking.timing import NO_RETRY, RetryPolicy, drift_ms, quorum, validity_ms
 
 __all__ = [
+    "MAX_WAKES",
     "NODE_ERROR_KINDS",
     "NO_RETRY",
     "ConfigurationError",

@@ -28,6 +28,9 @@ SCAN_COUNT = 1000
 #: the lock free or tries once for nothing.
 WAKE_TTL_MS = 1000
 
+#: The most wake-ups one release may leave per resource and node (`Redlock.release`).
+MAX_WAKES = 64
+
 
 class Commands:
     """Builds the payloads of acquire, fence, extend and release for one key namespace.
@@ -93,10 +96,12 @@ class Commands:
         """PEXPIRE every key that still holds ``token``."""
         return _script(EXTEND, self._keys(names), token, ttl_ms)
 
-    def release(self, names: Sequence[str], token: str) -> bytes:
-        """Compare-and-delete every key of the lease, waking one waiter per deleted key."""
-        wakes = [self._wake_prefix + name for name in names]
-        return _script(RELEASE, self._keys(names), token, WAKE_TTL_MS, *wakes)
+    def release(self, names: Sequence[str], token: str, wakes: int = 1) -> bytes:
+        """Compare-and-delete every key of the lease, waking ``wakes`` waiters per freed key."""
+        if not 1 <= wakes <= MAX_WAKES:
+            raise ValueError(f"wakes must be 1 to {MAX_WAKES}, got {wakes!r}")
+        lists = [self._wake_prefix + name for name in names]
+        return _script(RELEASE, self._keys(names), token, WAKE_TTL_MS, wakes, *lists)
 
     def wait_released(self, names: Sequence[str], timeout_ms: float) -> bytes:
         """Block until a release of any of ``names`` pushes a wake-up, or the timeout."""

@@ -229,7 +229,7 @@ class Redlock:
         )
         return lease
 
-    def release(self, lease: Lease, *, confirm: bool = True) -> ReleaseOutcome:
+    def release(self, lease: Lease, *, confirm: bool = True, wakes: int = 1) -> ReleaseOutcome:
         """Delete the lease's keys on every node that still holds its token.
 
         Returns `ReleaseOutcome.EXPIRED` instead of raising when the lease had
@@ -239,10 +239,11 @@ class Redlock:
             without waiting a round trip; the replies are read and dropped by the
             next round on the same connections. For hot paths that would only log
             the outcome: the lease stops being usable here either way.
-        """
+        :param wakes: waiters to wake per resource (`wait_released`), at most
+            `locking.commands.MAX_WAKES`."""
+        payload = self._commands.release(lease.resources, lease.token, wakes)  # checks wakes
         if lease.release_outcome is not None:
             return lease.release_outcome
-        payload = self._commands.release(lease.resources, lease.token)
         if not confirm:
             self._nodes.round(payload, Suspects.SEND, await_replies=False)
             lease.release_outcome = ReleaseOutcome.SENT

@@ -204,7 +204,8 @@ return 1
 """)
 
 # KEYS: the lock keys of the lease; ARGV[1]: token; ARGV[2]: wake-up TTL in ms;
-# ARGV[3...]: the wake-up list of each lock key, in the same order.
+# ARGV[3]: wake-ups to leave per free key (1 to MAX_WAKES, `locking.commands`);
+# ARGV[4...]: the wake-up list of each lock key, in the same order.
 # Returns released, how many keys held the token and were deleted (keys held by
 # another token are left alone), or -1 - released when a wake-up list this release
 # pushed to was empty ("taken": a waiter took the previous release's wake-up, or it
@@ -212,11 +213,11 @@ return 1
 # with a Lua table returned, a call took 14.2 us inside EVALSHA against 12.2 for an
 # integer (medians of 12 interleaved rounds, bench/lock_ab.py, loaded host). Each key
 # that is free afterwards (deleted, or never held here: the holder may have
-# skipped this node) leaves one element in its wake-up
-# list (never more), which wakes one client blocked on it (`Redlock.wait_released`):
+# skipped this node) leaves ARGV[3] elements in its wake-up
+# list (never more), each waking one client blocked on it (`Redlock.wait_released`):
 # a waiter blocks on one node, so every node the release reaches must wake it.
-# A new list gets the wake-up TTL; one that still held a wake-up is trimmed back
-# to one element and keeps its TTL, so a wake-up lasts at most that long: two
+# A new list gets the wake-up TTL; one that still held wake-ups is trimmed back
+# to ARGV[3] elements and keeps its TTL, so a wake-up lasts at most that long: two
 # calls per wake-up either way, instead of push, trim and expire.
 # The lists are not declared as KEYS and are written with pcall, on purpose: a
 # node whose ACL predates them (no ~redlock-wake:*) still releases; its waiters
@@ -224,6 +225,9 @@ return 1
 RELEASE = Script("""
 local released = 0
 local taken = 0
+local wakes = tonumber(ARGV[3])
+local ones = {}
+for j = 1, wakes do ones[j] = 1 end
 for i = 1, #KEYS do
   local held = redis.call('get', KEYS[i])
   if held == ARGV[1] then
@@ -231,13 +235,13 @@ for i = 1, #KEYS do
     released = released + 1
   end
   if held == ARGV[1] or held == false then
-    local wake = ARGV[2 + i]
-    local length = redis.pcall('rpush', wake, 1)
-    if length == 1 then
+    local wake = ARGV[3 + i]
+    local length = redis.pcall('rpush', wake, unpack(ones))
+    if length == wakes then
       redis.pcall('pexpire', wake, ARGV[2])
       taken = 1
     elseif type(length) == 'number' then
-      redis.pcall('ltrim', wake, -1, -1)
+      redis.pcall('ltrim', wake, -wakes, -1)
     end
   end
 end

@@ -27,8 +27,11 @@ class OrderLock(Protocol):
         """Take every resource or none; raise `LockContended` or `QuorumUnavailable`."""
         ...
 
-    def release(self, lease: Lease, *, confirm: bool = True) -> ReleaseOutcome:
-        """Give the lease up (``confirm=False``: without waiting for the replies)."""
+    def release(self, lease: Lease, *, confirm: bool = True, wakes: int = 1) -> ReleaseOutcome:
+        """Give the lease up (``confirm=False``: without waiting for the replies).
+
+        :param wakes: waiters of each resource to wake (`wait_released`).
+        """
         ...
 
     def wait_released(self, resources: str | Sequence[str], *, timeout_ms: float) -> bool:

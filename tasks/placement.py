@@ -14,7 +14,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from locking import NO_RETRY, Lease, LeaseLost, LockContended, QuorumUnavailable, RetryPolicy
+from locking import (
+    MAX_WAKES,
+    NO_RETRY,
+    Lease,
+    LeaseLost,
+    LockContended,
+    QuorumUnavailable,
+    RetryPolicy,
+)
 from tasks.contended import RecentlyContended
 from tasks.errors import OverBudget, StaleFence, TryLater
 from tasks.events import NULL_EVENTS, OrderEvents
@@ -96,7 +104,7 @@ class OrderPlacer:
         :raises DatabaseUnavailable: the database failed; nothing half-done remains.
         """
         if self._lock is None:
-            return self._settle_until_decided(request, None, None, record=True)
+            return self._settle_until_decided(request, None, None, record=True)[0]
         if self._known.unknown(request.skus):
             # Before the lock: an unknown SKU must leave no fence counter on its nodes.
             return self.end(request, OrderStatus.REJECTED, "unknown_sku")
@@ -161,8 +169,15 @@ class OrderPlacer:
                 return outcome
             lease = outcome
         wait_ms = self._lock_outcome(started_s, "granted") * 1000
+        wakes = 1
         try:
-            return self._settle_until_decided(request, lease, wait_ms, record=not recorded)
+            state, others = self._settle_until_decided(request, lease, wait_ms, record=not recorded)
+            # Each other order this lease decided was recorded by a task that may be
+            # blocked in `_wait`: wake every one of them, not only the next contender
+            # (with one wake-up the rest slept out their backoff, 0.50 timed-out
+            # waits per order at 4x2 on the hot SKU, bench/results/2026-12-01-path.md).
+            wakes = min(1 + others, MAX_WAKES)
+            return state
         except (LeaseLost, StaleFence, OverBudget) as error:
             logger.warning(
                 "Order %r: settlement aborted, will retry: %s", str(request.order_id), error
@@ -178,7 +193,7 @@ class OrderPlacer:
             raise try_later from None
         finally:
             # Nothing here acts on the outcome, so the round trip is not waited for.
-            lock.release(lease, confirm=False)
+            lock.release(lease, confirm=False, wakes=wakes)
 
     def _lock_outcome(self, started_s: float, outcome: str) -> float:
         """Report how one acquire sequence ended; return its duration in seconds."""
@@ -267,12 +282,14 @@ class OrderPlacer:
 
     def _settle_until_decided(
         self, request: OrderRequest, lease: Lease | None, wait_ms: float | None, *, record: bool
-    ) -> OrderState:
+    ) -> tuple[OrderState, int]:
         """Settle (recording first if asked) until the order is decided or nothing moves.
 
         Under a lease every step must finish with `COMMIT_MARGIN_MS` of validity to
-        spare; the store refuses to commit a step that ran past that budget.
+        spare; the store refuses to commit a step that ran past that budget. Returns
+        the order's state and how many other orders the steps decided.
         """
+        others = 0
         while True:
             budget_ms = None
             if lease is not None:
@@ -291,8 +308,9 @@ class OrderPlacer:
             settled = sum(1 for d in step.decisions if d.status is not OrderStatus.FAILED)
             if settled:
                 self._events.settlement_batch(settled)
+            others += sum(1 for d in step.decisions if d.order_id != request.order_id)
             state = self._report(step)
             if state.status in TERMINAL or not step.decisions:
                 # Decided, or nothing left to settle while ours is still pending: its
                 # row is locked by another run; the task looks again later.
-                return state
+                return state, others

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from locking import (
+    MAX_WAKES,
     NO_RETRY,
     Lease,
     LockContended,
@@ -96,8 +97,10 @@ class InMemoryLock:
                 clock=self._clock,
             )
 
-    def release(self, lease: Lease, *, confirm: bool = True) -> ReleaseOutcome:
-        """Give the lease up and wake one waiter per resource."""
+    def release(self, lease: Lease, *, confirm: bool = True, wakes: int = 1) -> ReleaseOutcome:
+        """Give the lease up and wake ``wakes`` waiters per resource."""
+        if not 1 <= wakes <= MAX_WAKES:
+            raise ValueError(f"wakes must be 1 to {MAX_WAKES}, got {wakes!r}")
         if lease.release_outcome is not None:
             return lease.release_outcome
         with self._released:
@@ -112,7 +115,7 @@ class InMemoryLock:
                 if self._held.get(name, ("", 0.0))[0] == lease.token:
                     del self._held[name]
             for name in mine:
-                self._wakeups[name] = self._wakeups.get(name, 0) + 1
+                self._wakeups[name] = wakes
             self._released.notify_all()
         outcome = ReleaseOutcome.RELEASED if mine else ReleaseOutcome.EXPIRED
         lease.release_outcome = ReleaseOutcome.SENT if not confirm else outcome

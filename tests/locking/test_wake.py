@@ -10,7 +10,7 @@ import pytest
 import redis
 
 import locking.node
-from locking import Redlock, ReleaseOutcome
+from locking import MAX_WAKES, Redlock, ReleaseOutcome
 from tests.locking._support import FOREIGN, MakeRedlock, assert_woken_by_release
 from tests.spawners import freeze_server, kill_server, thaw_server
 from worker.demo.redis_server import RedisServer
@@ -161,3 +161,27 @@ def test_a_blocked_wait_sleeps_instead_of_spinning(
     for _ in range(waits):
         assert redlock.wait_released("w", timeout_ms=20) is False
     assert calls <= 6 * waits, f"{calls} clock reads in {waits} waits: the wait spun"
+
+
+def test_a_release_can_wake_as_many_waiters_as_it_settled_for(
+    make_redlock: MakeRedlock, clients: list[redis.Redis]
+) -> None:
+    # A holder that decided other processes' recorded orders wakes each of their
+    # tasks, not only the next one: every node keeps three wake-ups, then one again.
+    holder = make_redlock()
+    holder.release(holder.acquire("w", ttl_ms=1000), wakes=3)
+    assert [client.llen("redlock-wake:w") for client in clients] == [3] * 3
+    waiters = [make_redlock() for _ in range(3)]
+    assert [waiter.wait_released("w", timeout_ms=1000) for waiter in waiters] == [True] * 3
+    assert make_redlock().wait_released("w", timeout_ms=100) is False
+    holder.release(holder.acquire("w", ttl_ms=1000), wakes=3)
+    holder.release(holder.acquire("w", ttl_ms=1000))  # trims back to one
+    assert [client.llen("redlock-wake:w") for client in clients] == [1] * 3
+
+
+def test_wakes_is_bounded(redlock: Redlock) -> None:
+    lease = redlock.acquire("w", ttl_ms=1000)
+    for wakes in (0, -1, MAX_WAKES + 1):
+        with pytest.raises(ValueError, match="wakes"):
+            redlock.release(lease, wakes=wakes)
+    redlock.release(lease, wakes=MAX_WAKES)

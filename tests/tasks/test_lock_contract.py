@@ -73,3 +73,11 @@ def test_a_waiter_is_woken_by_a_release_and_times_out_without_one(lock: OrderLoc
     finally:
         releaser.join()
     assert time.monotonic() - started_s < 2.0
+
+
+def test_a_release_wakes_as_many_waiters_as_asked_then_none(lock: OrderLock) -> None:
+    lock.release(lock.acquire(["sku:A"], ttl_ms=5000, retry=NO_RETRY), wakes=3)
+    assert [lock.wait_released(["sku:A"], timeout_ms=1000) for _ in range(3)] == [True] * 3
+    assert lock.wait_released(["sku:A"], timeout_ms=50) is False
+    with pytest.raises(ValueError, match="wakes"):
+        lock.release(lock.acquire(["sku:A"], ttl_ms=5000, retry=NO_RETRY), wakes=0)

@@ -103,6 +103,27 @@ def test_the_lock_holder_settles_the_orders_waiting_behind_it(
     assert stock(engine) == {"A": 1}
 
 
+def test_the_holder_wakes_one_waiter_per_order_it_settled_and_the_next_contender(
+    placer: OrderPlacer, engine: Engine, record: Record, lock_nodes: list[RedisServer]
+) -> None:
+    # The tasks of the three recorded orders may be blocked waiting for a release:
+    # each gets a wake-up, and one more is left for the next contender.
+    seed_products(engine, {"A": 5})
+    waiting = [record({"A": 1}) for _ in range(3)]
+    placer.place(request({"A": 1}))
+    assert [status(engine, o.order_id) for o in waiting] == ["confirmed"] * 3
+    clients = [redis.Redis(port=node.port) for node in lock_nodes]
+    try:
+        wait_for(
+            lambda: [client.llen("redlock-wake:sku:A") for client in clients] == [4] * 3,
+            timeout_s=5,
+            what="four wake-ups on every node",
+        )
+    finally:
+        for client in clients:
+            client.close()
+
+
 def test_without_a_lock_the_database_guard_alone_places_correctly(
     make_store: MakeStore, engine: Engine
 ) -> None:

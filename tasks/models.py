@@ -18,6 +18,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Table,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -74,12 +76,28 @@ class Order(Base):
     """An order; its id is the producer's idempotency key."""
 
     __tablename__ = "orders"
+    # Only open orders are looked up by status (migration 0006): decided ones,
+    # nearly every row, stay out of these indexes.
+    __table_args__ = (
+        Index(
+            "ix_orders_pending",
+            "created_at",
+            "id",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        Index(
+            "ix_orders_accepted",
+            "created_at",
+            postgresql_where=text("status = 'accepted'"),
+            sqlite_where=text("status = 'accepted'"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     customer_id: Mapped[str] = mapped_column(String(128))
     status: Mapped[OrderStatus] = mapped_column(
-        Enum(OrderStatus, name="order_status", values_callable=lambda e: [m.value for m in e]),
-        index=True,
+        Enum(OrderStatus, name="order_status", values_callable=lambda e: [m.value for m in e])
     )
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     payload_hash: Mapped[str] = mapped_column(String(64))

@@ -8,6 +8,8 @@ transaction of a few statements.
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
@@ -38,10 +40,15 @@ from tasks.store import (
 )
 from tasks.validation import OrderRequest
 
+logger = logging.getLogger(__name__)
 #: The SQLSTATE flashsale_settle raises when a newer (or equal, other) fence wrote the stock.
 STALE_FENCE_SQLSTATE = "FS001"
 #: The SQLSTATE flashsale_place raises when it ran longer than its budget.
 OVER_BUDGET_SQLSTATE = "FS002"
+#: unique_violation: flashsale_place raises it on ORDERS_PRIMARY_KEY when another
+#: delivery inserted a new order's row while this one was deciding it.
+UNIQUE_VIOLATION_SQLSTATE = "23505"
+ORDERS_PRIMARY_KEY = "orders_pkey"
 RECORD_FUNCTION = text(
     "SELECT status, reason, payload_hash, attempts"
     " FROM flashsale_record(:id, :customer, :hash, :skus, :quantities)"
@@ -110,15 +117,26 @@ class PostgresOrderStore:
             "budget": budget_ms,
             "max": self._options.max_deliveries,
         }
+        started_s = time.monotonic()
         try:
             row = self._one_row(self._place_sql, params)
         except DBAPIError as error:
-            code = getattr(error.orig, "pgcode", None)
-            if code == STALE_FENCE_SQLSTATE:
-                raise StaleFence(",".join(request.skus), fence) from None
-            if code == OVER_BUDGET_SQLSTATE and budget_ms is not None:
-                raise OverBudget(budget_ms) from None
-            raise
+            if not (record and _is_new_order_race(error)):
+                _raise_domain_error(error, request, fence, budget_ms)
+                raise
+            # A new order is inserted only once decided: another delivery of its id
+            # inserted it meanwhile and this statement changed nothing. Run it
+            # again, once: it now finds the row and follows flashsale_record's rules.
+            logger.info("Order %r was recorded meanwhile; placing it again", request.order_id)
+            if budget_ms is not None:
+                params["budget"] = budget_ms - (time.monotonic() - started_s) * 1000
+                if params["budget"] <= 0:
+                    raise OverBudget(budget_ms) from None
+            try:
+                row = self._one_row(self._place_sql, params)
+            except DBAPIError as again:
+                _raise_domain_error(again, request, fence, budget_ms)
+                raise
         if row.payload_hash != request.payload_hash:
             raise OrderConflict(request.order_id)
         state = OrderState(request.order_id, OrderStatus(row.status), row.reason, row.attempts)
@@ -223,6 +241,26 @@ class PostgresOrderStore:
         """A session in one transaction."""
         with translated(), self._sessions.begin() as session:
             yield session
+
+
+def _is_new_order_race(error: DBAPIError) -> bool:
+    """Tell whether ``flashsale_place`` lost the race to insert a new order's row."""
+    diag = getattr(error.orig, "diag", None)
+    return (
+        getattr(error.orig, "pgcode", None) == UNIQUE_VIOLATION_SQLSTATE
+        and getattr(diag, "constraint_name", None) == ORDERS_PRIMARY_KEY
+    )
+
+
+def _raise_domain_error(
+    error: DBAPIError, request: OrderRequest, fence: int | None, budget_ms: float | None
+) -> None:
+    """Raise the domain error of a failed ``flashsale_place``; return if it has none."""
+    code = getattr(error.orig, "pgcode", None)
+    if code == STALE_FENCE_SQLSTATE:
+        raise StaleFence(",".join(request.skus), fence) from None
+    if code == OVER_BUDGET_SQLSTATE and budget_ms is not None:
+        raise OverBudget(budget_ms) from None
 
 
 def record_pending(executor: Executor, request: OrderRequest) -> OrderState:

@@ -1,8 +1,9 @@
 """The living source of the PostgreSQL functions: one ``.sql`` file per function.
 
-Migrations deploy these files (revision 0004 onwards); earlier revisions keep
-frozen copies of what they deployed. `tests/tasks/test_migrations.py` checks that
-the functions a fresh database gets equal these files.
+The latest migration that changed them (revision 0006) deploys these files;
+earlier revisions keep frozen copies of what they deployed.
+`tests/tasks/test_migrations.py` checks that the functions a fresh database
+gets equal these files.
 """
 
 from __future__ import annotations

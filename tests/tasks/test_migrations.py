@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from tasks import sql
 from tasks.db import create_db_engine
@@ -98,10 +98,13 @@ def living(signatures: dict[str, str]) -> dict[str, str]:
     return {signature: sql.body(name) for name, signature in signatures.items()}
 
 
-#: The signatures of the living source's functions (revision 0004 onwards).
+#: The signatures of the living source's functions (revision 0006 onwards).
 SIGNATURES = {
     "flashsale_record": "flashsale_record(uuid,text,text,text[],integer[])",
-    "flashsale_settle": "flashsale_settle(text[],bigint,text,integer,uuid,double precision)",
+    "flashsale_settle": (
+        "flashsale_settle(text[],bigint,text,integer,uuid,double precision,integer[],"
+        "timestamp with time zone)"
+    ),
     "flashsale_place": (
         "flashsale_place(uuid,text,text,text[],integer[],boolean,bigint,text,integer,"
         "double precision,double precision,integer)"
@@ -132,6 +135,24 @@ def test_downgrade_to_0003_leaves_its_functions_and_upgrade_redeploys_the_source
     assert {signature: deployed.get(signature) for signature in SIGNATURES.values()} == living(
         SIGNATURES
     )
+
+
+def test_downgrade_to_0005_restores_its_functions_and_status_index(
+    empty_database_url: str,
+) -> None:
+    upgrade(empty_database_url, "0005")
+    before = deployed_functions(empty_database_url)
+    upgrade(empty_database_url)
+    assert deployed_functions(empty_database_url) != before
+    downgrade(empty_database_url, "0005")
+    assert deployed_functions(empty_database_url) == before
+    engine = create_db_engine(empty_database_url)
+    try:
+        indexes = {index["name"] for index in inspect(engine).get_indexes("orders")}
+    finally:
+        engine.dispose()
+    assert "ix_orders_status" in indexes
+    assert not indexes & {"ix_orders_pending", "ix_orders_accepted"}
 
 
 def test_a_worker_of_the_previous_release_still_places_orders_after_0004(

@@ -3,9 +3,9 @@
 Two different leases could carry the same fence (a lock node that lost its
 counters), and ``fence <= :fence`` let both write. ``products.fence_token`` keeps
 a digest of the token of the lease that last wrote the stock; a write with an
-equal fence must come from that same lease. The functions are deployed from
-their living source, ``tasks/sql/*.sql``: ``flashsale_settle`` and
-``flashsale_place`` take the token digest and return every order they decided
+equal fence must come from that same lease. ``flashsale_settle`` and
+``flashsale_place`` (as deployed then: `tasks.migrations.functions_0005`) take
+the token digest and return every order they decided
 (status, reason, age), so that a worker can count its decisions exactly.
 
 Revision ID: 0004
@@ -18,7 +18,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from tasks import sql
+from tasks.migrations import functions_0005
 
 revision = "0004"
 down_revision = "0003"
@@ -46,14 +46,14 @@ def upgrade() -> None:
     # 0003's stay, and workers of the previous release that still run while the
     # new ones start keep working (with the previous guard) until they stop. A
     # later revision drops them (OLD_PLACE, OLD_SETTLE).
-    for function in sql.FUNCTIONS:
-        op.execute(sql.source(function))
+    op.execute(functions_0005.SETTLE)
+    op.execute(functions_0005.PLACE)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(f"DROP FUNCTION IF EXISTS {NEW_PLACE}")
         op.execute(f"DROP FUNCTION IF EXISTS {NEW_SETTLE}")
-        # flashsale_record has the same text in 0003 and tasks/sql: nothing to restore.
+        # 0004 left 0003's flashsale_record in place: nothing to restore.
     with op.batch_alter_table("products") as batch:
         batch.drop_column("fence_token")

@@ -6,7 +6,7 @@ A web app stores an order with status ``accepted`` in its own transaction
 never, or that publish failed), ``orders.delivered_at`` when a worker last took a
 delivery of it, ``orders.republications`` how often the relay published it.
 
-``flashsale_record`` (living source: ``tasks/sql/record.sql``) is replaced so
+``flashsale_record`` (frozen in `tasks.migrations.functions_0005`) is replaced so
 that a worker's first delivery turns an ``accepted`` row into ``pending`` (same
 payload rules, no second row, its lines kept) and stamps ``delivered_at``; still
 one statement.
@@ -27,7 +27,7 @@ import importlib
 import sqlalchemy as sa
 from alembic import op
 
-from tasks import sql
+from tasks.migrations import functions_0005
 
 revision = "0005"
 down_revision = "0004"
@@ -59,7 +59,7 @@ def upgrade() -> None:
         for _, column in COLUMNS:
             batch.add_column(column())
     if postgresql:
-        op.execute(sql.source("flashsale_record"))
+        op.execute(functions_0005.RECORD)
 
 
 def downgrade() -> None:

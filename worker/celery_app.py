@@ -22,13 +22,7 @@ def create_app(
 
     :param include: task modules to register (benchmarks swap in a no-op task).
     """
-    # Task base `worker.request.Task`: a late ack on a dropped connection is not fatal.
-    app = Celery(
-        "flashsale",
-        broker=settings.broker_url,
-        include=list(include),
-        task_cls="worker.request:Task",
-    )
+    app = Celery("flashsale", broker=settings.broker_url, include=list(include))
     app.conf.update(
         # JSON only: a pickle message would be code execution on the worker.
         task_serializer="json",

@@ -23,12 +23,25 @@ Celery's consumer, with two changes:
   (``Unrecoverable error``; seen when the broker was SIGKILLed mid-sale). The
   messages stay in the broker's ``unacked`` hash and come back after the
   visibility timeout.
+- **An ack on a connection already collected is a failed ack, not a crash.**
+  With late acks the main process acks when the pool reports a task done,
+  through a callback the event loop runs soon after (``call_soon_ack``). If the
+  broker connection was lost meanwhile, the consumer has collected it: kombu's
+  Redis channel rebuilds its client pool from a transport whose ``client`` is
+  gone and raises ``AttributeError`` (``'NoneType' object has no attribute
+  'hostname'``), not a connection error, so Celery's "Couldn't ack" handling
+  misses it and the worker exited (``Unrecoverable error``; chaos scenario 13,
+  the broker SIGKILLed three times under load, in 1 of 1 runs). Such an ack is
+  now logged and dropped like any failed ack: the message stays in the broker's
+  unacked set and comes back after the visibility timeout, and its order,
+  already decided, is answered from its row.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
@@ -54,6 +67,10 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         )
         return super().ensure_connected(conn)
 
+    def call_soon_ack(self, p: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Schedule an ack or reject as Celery does; see `survive_collected_connection`."""
+        return super().call_soon_ack(survive_collected_connection(p), *args, **kwargs)
+
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         """Clean up after a lost connection as Celery does; a failing close is logged, not fatal."""
         connection = self.connection
@@ -68,3 +85,36 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
             connection.close = close_quietly
         super().on_connection_error_after_connected(exc)
+
+
+def survive_collected_connection(ack: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a message's ``ack_log_error``/``reject_log_error`` so a collected connection is logged.
+
+    :param ack: a bound method of a kombu message; other callables pass through.
+    """
+    message = getattr(ack, "__self__", None)
+    if message is None:
+        return ack
+
+    @functools.wraps(ack)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return ack(*args, **kwargs)
+        except AttributeError as error:
+            if not _connection_gone(message):
+                raise
+            logger.warning(
+                "Couldn't ack %r: its broker connection is gone (%r); "
+                "the broker delivers it again after the visibility timeout.",
+                getattr(message, "delivery_tag", None),
+                error,
+            )
+            return None
+
+    return call
+
+
+def _connection_gone(message: Any) -> bool:
+    """Whether the message's channel no longer has a live broker connection behind it."""
+    transport = getattr(getattr(message, "channel", None), "connection", None)
+    return transport is None or getattr(transport, "client", None) is None

@@ -1,31 +1,31 @@
 """A late ack on a broker connection Celery already collected does not end the worker.
 
-The state is the one a chaos run logged before the worker exited: the broker is
-gone, Celery's consumer has collected the connection (kombu drops the
+The state is the one chaos scenario 13 logged before a worker exited: the broker
+is gone, Celery's consumer has collected the connection (kombu drops the
 transport's ``client``), the channel's client pool has been dropped, and then a
-pool process reports its task done and the main process acks. kombu raises
-``AttributeError`` from there, which Celery's ack does not catch. The message is
-real, taken from a real redis-server broker through kombu.
+pool process reports its task done and the event loop runs the ack Celery
+scheduled through ``Consumer.call_soon_ack``. kombu raises ``AttributeError``
+from there, which Celery's "Couldn't ack" handling does not catch. The message
+is real, taken from a real redis-server broker through kombu.
 
-kombu (and its ``symbol_by_name``) is unannotated: its calls carry a targeted
-``type: ignore[no-untyped-call]``.
+kombu is unannotated: its calls carry a targeted ``type: ignore[no-untyped-call]``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from celery import Celery
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from kombu.message import Message
-from kombu.utils.imports import symbol_by_name
 
 from tasks.validation import TASK_NAME
 from tests.spawners import kill_server, redis_servers
 from worker.celery_app import create_app
+from worker.consumer import Consumer
 from worker.demo.redis_server import RedisServer
 from worker.settings import Settings
 
@@ -61,25 +61,51 @@ def _collected_after_broker_loss(
     message.channel._disconnect_pools()
 
 
+class _Hub:
+    """The part of kombu's event loop that `Consumer.call_soon_ack` uses."""
+
+    def __init__(self) -> None:
+        self.ready: list[Callable[[], object]] = []
+
+    def call_soon(self, callback: Callable[[], object]) -> Callable[[], object]:
+        self.ready.append(callback)
+        return callback
+
+    def run_ready(self) -> None:
+        """Run what was scheduled, as one turn of the worker's event loop does."""
+        while self.ready:
+            self.ready.pop(0)()
+
+
+def _consumer_with(hub: _Hub) -> Consumer:
+    """The worker's consumer, with only what scheduling an ack touches."""
+    consumer = Consumer.__new__(Consumer)
+    consumer.hub = hub
+    return consumer
+
+
 def test_a_late_ack_on_a_collected_connection_is_logged_not_raised(
     broker_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = create_app(Settings(broker_url=broker_server.url))
     connection = Connection(broker_server.url)  # type: ignore[no-untyped-call]
-    app.loader.import_default_modules()
     message = _taken_message(connection, app)
-    # The request class the worker builds for this app's order task.
-    request_class = symbol_by_name(app.tasks[TASK_NAME].Request)  # type: ignore[no-untyped-call]
-    request = request_class(
-        message,
-        on_ack=message.ack_log_error,
-        on_reject=message.reject_log_error,
-        app=app,
-        task=app.tasks[TASK_NAME],
-        connection_errors=connection.connection_errors,
-    )
+    hub = _Hub()
+    consumer = _consumer_with(hub)
     _collected_after_broker_loss(connection, message, broker_server)
-    with caplog.at_level(logging.WARNING, logger="worker.request"):
-        request.acknowledge()
-    assert "Couldn't ack task" in caplog.text
-    assert not request.acknowledged
+    consumer.call_soon_ack(message.ack_log_error, logging.getLogger("celery.worker"), ())
+    with caplog.at_level(logging.WARNING, logger="worker.consumer"):
+        hub.run_ready()
+    assert "Couldn't ack" in caplog.text
+    assert not message.acknowledged
+
+
+def test_an_ack_on_a_live_connection_still_acks(broker_server: RedisServer) -> None:
+    app = create_app(Settings(broker_url=broker_server.url))
+    connection = Connection(broker_server.url)  # type: ignore[no-untyped-call]
+    message = _taken_message(connection, app)
+    hub = _Hub()
+    _consumer_with(hub).call_soon_ack(message.ack_log_error, logging.getLogger("x"), ())
+    hub.run_ready()
+    assert message.acknowledged
+    connection.close()  # type: ignore[no-untyped-call]

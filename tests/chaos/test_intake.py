@@ -204,7 +204,7 @@ def test_redis_broker_killed_and_restarted_while_workers_consume(
     )
     assert_sound(observer, sale.ids, result)
     # A late ack after a reconnect once ended a worker here (kombu raised
-    # AttributeError from its ack path); worker.request now survives it.
+    # AttributeError from its ack path); worker.consumer now survives it.
     dead = [worker for worker in stack.workers if worker.process.poll() is not None]
     assert not dead, "a worker process ended with the broker:\n" + "\n".join(
         worker.log()[-4000:] for worker in dead

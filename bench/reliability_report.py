@@ -126,7 +126,9 @@ SCENARIOS = {
     "candidate 5 s after its last publication. Broker killed: the Redis broker (AOF) is "
     "SIGKILLed and restarted on its port and data three times while the workers consume "
     "(a message popped by a worker when the broker dies is lost: its order is still "
-    "`accepted` or `pending` in the database). Web link down: the web app reaches the "
+    "`accepted` or `pending` in the database); no worker process may end (a late ack "
+    "on a connection kombu had already collected ended one before `worker/consumer.py` "
+    "caught it). Web link down: the web app reaches the "
     "broker through a link that refuses connections from the 60th to about the 240th "
     "submission: every submission still succeeds. Queue lost: a broker without "
     "persistence is restarted empty with the whole sale queued; the relay must publish "
@@ -177,13 +179,17 @@ DECISIONS = """\
   as safe as the broker.
 - **Redis: an order whose message was stranded in `unacked` waits out the visibility
   timeout.** When a connection drops while a task runs or its ack is on the way
-  ("Couldn't ack") and the broker cannot be reached to give the message back, it
+  ("Couldn't ack", also when kombu had already collected the connection, which
+  `worker/consumer.py` logs and drops) and the broker cannot be reached to give the
+  message back, it
   returns only after `BROKER_VISIBILITY_TIMEOUT_S` plus kombu's sweep (a quarter of
   it): up to ~150 s with the defaults. The task is idempotent, so the redelivery is
   safe; an order already decided is not decided again.
 - **No newer fence after two empty restarts.** With two of three nodes restarted
   empty, a second lease can get a fence no higher than the first's (scenario 4
-  measured 5 then 1; an equal fence is possible too). Whichever of the two writes a
+  measured 5 then 1 in the run of 2026-11-26, and 5 then 6 in that of 2026-12-01,
+  where the third node's counter happened to be the highest; an equal fence is
+  possible too). Whichever of the two writes a
   SKU's stock second is refused as stale when its fence is lower, or equal but from
   the other lease (the guard compares the lease token since migration 0004), and
   its worker raises the counters and retries. When the lease with the lower fence

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from locking import Redlock
 from tasks.db import create_db_engine, session_factory
 from tasks.store import OrderStore, StoreOptions
 from tasks.validation import OrderRequest
@@ -59,3 +60,11 @@ def make_store(engine: Engine) -> Iterator[MakeStore]:
     yield make
     for store in made:
         store.dispose()
+
+
+@pytest.fixture
+def redlock(node_urls: list[str]) -> Iterator[Redlock]:
+    """A Redlock over the test's three lock nodes."""
+    lock = Redlock(node_urls)
+    yield lock
+    lock.close()

@@ -25,17 +25,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
 from sqlalchemy import Engine, text
 
 from bench import cpu_usage
+from bench.e2e_probes import (
+    calls_per_order,
+    command_calls,
+    order_stats,
+    pg_counters,
+    wait_consumption_started,
+    wait_decided,
+    wait_queue_drained,
+)
+from bench.e2e_summary import print_table, summarize
 from tasks.db import create_db_engine, session_factory
 from tasks.intake import store_accepted
 from tasks.migrate import upgrade
@@ -278,99 +286,6 @@ def store_intake_records(engine: Engine, batch: list[dict[str, object]]) -> None
             store_accepted(session, parse_order(dict(payload)))
 
 
-def order_stats(engine: Engine) -> dict[str, float]:
-    """Share of orders decided by another task's settlement (flat combining), and of
-    orders that needed more than one delivery (task retries)."""
-    query = text(
-        "SELECT avg(CASE WHEN lock_wait_ms IS NULL THEN 1.0 ELSE 0.0 END),"
-        " avg(CASE WHEN attempts > 1 THEN 1.0 ELSE 0.0 END) FROM orders"
-    )
-    with engine.connect() as connection:
-        combined, retried = connection.execute(query).one()
-    return {"settled_by_another": float(combined), "retried": float(retried)}
-
-
-def command_calls(url: str) -> dict[str, int]:
-    """Return the calls of each command a redis-server has served (INFO commandstats)."""
-    stats = redis.Redis.from_url(url).info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
-
-
-def calls_per_order(
-    before: list[dict[str, int]], after: list[dict[str, int]], orders: int
-) -> dict[str, float]:
-    """Return the commands per order served by a group of servers between two readings.
-
-    The harness's own commands (INFO, and LLEN/HLEN polls of the broker) are included.
-    """
-    totals: dict[str, int] = {}
-    for old, new in zip(before, after, strict=True):
-        for name, calls in new.items():
-            totals[name] = totals.get(name, 0) + calls - old.get(name, 0)
-    return {name: calls / orders for name, calls in sorted(totals.items()) if calls}
-
-
-#: Counters of pg_stat_database read before and after a run.
-PG_COUNTERS = (
-    "xact_commit",
-    "xact_rollback",
-    "tup_returned",
-    "tup_fetched",
-    "tup_inserted",
-    "tup_updated",
-    "tup_deleted",
-    "blks_hit",
-)
-
-
-def pg_counters(engine: Engine) -> dict[str, float]:
-    """Return this database's pg_stat_database counters (and its row lock waits: none kept)."""
-    query = text(
-        f"SELECT {', '.join(PG_COUNTERS)} FROM pg_stat_database WHERE datname = current_database()"
-    )
-    with engine.connect() as connection:
-        connection.execute(text("SELECT pg_stat_clear_snapshot()"))
-        row = connection.execute(query).one()
-    return {name: float(value) for name, value in zip(PG_COUNTERS, row, strict=True)}
-
-
-def wait_consumption_started(broker_url: str, queued: int, timeout_s: float = 120) -> float:
-    client = redis.Redis.from_url(broker_url)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if client.llen("celery") < queued:
-            return time.monotonic()
-        time.sleep(0.001)
-    raise TimeoutError("no worker took a message")
-
-
-#: How often the end of a run is checked. Each check of ours is a query that costs
-#: PostgreSQL CPU the workers would use; 20 ms is under 0.5% of a run's length.
-POLL_S = 0.02
-
-
-def wait_queue_drained(broker_url: str, timeout_s: float = 600) -> float:
-    client = redis.Redis.from_url(broker_url)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if client.llen("celery") == 0 and client.hlen("unacked") == 0:
-            return time.monotonic()
-        time.sleep(POLL_S)
-    raise TimeoutError("queue not drained")
-
-
-def wait_decided(engine: Engine, count: int, timeout_s: float = 600) -> float:
-    deadline = time.monotonic() + timeout_s
-    query = text("SELECT count(*) FROM orders WHERE status NOT IN ('pending', 'accepted')")
-    with engine.connect() as connection:
-        while time.monotonic() < deadline:
-            if connection.execute(query).scalar_one() >= count:
-                return time.monotonic()
-            connection.commit()
-            time.sleep(POLL_S)
-    raise TimeoutError("orders not decided")
-
-
 def paced_latencies_ms(
     engine: Engine, broker_url: str, config: Config, rate: float, already: int
 ) -> list[float]:
@@ -473,75 +388,6 @@ def main() -> None:
         )
     )
     print_table(summary)
-
-
-def _shape(result: dict[str, Any]) -> tuple[int, int, str]:
-    config = result["config"]
-    return (
-        int(config.get("workers", 1)),
-        int(config["processes"]),
-        str(config.get("feed", "prefilled")),
-    )
-
-
-def _median_by_key(results: list[dict[str, Any]], field: str) -> dict[str, float]:
-    keys = {key for r in results for key in r.get(field, {})}
-    return {
-        key: statistics.median(float(r[field].get(key, 0.0)) for r in results)
-        for key in sorted(keys)
-    }
-
-
-def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Return the medians of each configuration's rounds, and its ratio to the floor
-    of the same shape (workers, processes, feed)."""
-    floor = {
-        _shape(results[0]): statistics.median(float(r["orders_per_s"]) for r in results)
-        for results in runs.values()
-        if results and results[0]["config"]["noop"]
-    }
-    summary: dict[str, dict[str, Any]] = {}
-    for name, results in runs.items():
-        if not results:
-            continue
-        shape = _shape(results[0])
-        median = statistics.median(float(r["orders_per_s"]) for r in results)
-        p50 = [r["latency_p50_ms"] for r in results if r["latency_p50_ms"] is not None]
-        p99 = [r["latency_p99_ms"] for r in results if r["latency_p99_ms"] is not None]
-        summary[name] = {
-            "orders_per_s": median,
-            "ratio_to_floor": median / floor[shape] if shape in floor else None,
-            "latency_p50_ms": statistics.median(p50) if p50 else None,
-            "latency_p99_ms": statistics.median(p99) if p99 else None,
-            "busy_cores": statistics.median(float(r.get("busy_cores", 0.0)) for r in results),
-            "stack_busy_cores": statistics.median(
-                float(r.get("stack_busy_cores", 0.0)) for r in results
-            ),
-            "cpu_ms_per_order": _median_by_key(results, "cpu_ms_per_order"),
-        }
-    return summary
-
-
-def print_table(summary: dict[str, dict[str, Any]]) -> None:
-    print(
-        f"\n{'configuration':36s} {'orders/s':>9s} {'x floor':>8s} {'p50 ms':>8s} {'p99 ms':>8s}"
-        f" {'host busy':>9s} {'stack busy':>10s} {'stack cpu ms':>12s}"
-    )
-    for name, row in summary.items():
-        cpu = row["cpu_ms_per_order"]
-        cells = [
-            row["orders_per_s"],
-            row["ratio_to_floor"],
-            row["latency_p50_ms"],
-            row["latency_p99_ms"],
-            row["busy_cores"],
-            row["stack_busy_cores"],
-            cpu.get("stack, all roles"),
-        ]
-        print(
-            f"{name:36s} "
-            + " ".join("       -" if v is None else f"{float(v):8.2f}" for v in cells)
-        )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.e2e_bench import payloads, wait_consumption_started, wait_decided
+from bench.e2e_bench import payloads
+from bench.e2e_probes import wait_consumption_started, wait_decided
 from tasks.db import create_db_engine
 from tasks.migrate import upgrade
 from tests.pg import create_database, drop_database
